@@ -1,0 +1,113 @@
+"""Typed Inference API errors and bounded retries around `AsyncInferenceClient` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+from huggingface_hub.errors import InferenceTimeoutError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class InferenceError(Exception):
+    """An Inference API failure; `user_message` is a sentence fit for the asker."""
+
+    user_message = "The oracle's spirits are unreachable right now; please try again later."
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.user_message)
+
+
+class AuthError(InferenceError):
+    user_message = "The oracle's access token was refused; the bot owner needs to check HF_TOKEN."
+
+
+class CreditsExhausted(InferenceError):
+    user_message = "The oracle has used up its inference credits for now; the bot owner needs to top them up."
+
+
+class ModelBusy(InferenceError):
+    user_message = "The oracle is busy with other seekers; ask again in a minute."
+
+
+class InferenceTimeout(InferenceError):
+    user_message = "The oracle took too long to answer; please ask again."
+
+
+class ProviderError(InferenceError):
+    user_message = "The oracle's provider returned an error; please try again later."
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long one attempt may take and how often busy answers (429/503) are retried."""
+
+    timeout: float = 30.0
+    retries: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 20.0
+
+
+def _retry_after(headers: object) -> float | None:
+    value = getattr(headers, "get", lambda _k: None)("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def classify(exc: BaseException) -> InferenceError:
+    """Map a client exception to a typed error (the message never carries the request's headers)."""
+    if isinstance(exc, InferenceError):
+        return exc
+    if isinstance(exc, (InferenceTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return InferenceTimeout("inference call timed out")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        status = exc.status
+        if status in (401, 403):
+            return AuthError(f"HTTP {status}")
+        if status == 402:
+            return CreditsExhausted("HTTP 402")
+        if status in (429, 503):
+            return ModelBusy(f"HTTP {status}")
+        return ProviderError(f"HTTP {status}")
+    if isinstance(exc, aiohttp.ClientError):
+        return ProviderError(f"connection failed: {type(exc).__name__}")
+    if isinstance(exc, (json.JSONDecodeError, ValueError, KeyError, TypeError)):
+        return ProviderError(f"malformed answer: {type(exc).__name__}")
+    return ProviderError(type(exc).__name__)
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    what: str,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> T:
+    """Run `call` with a per-attempt timeout; retry 429/503 and timeouts with backoff, honouring Retry-After."""
+    for attempt in range(policy.retries + 1):
+        try:
+            return await asyncio.wait_for(call(), policy.timeout)
+        except Exception as exc:
+            error = classify(exc)
+            retryable = isinstance(error, (ModelBusy, InferenceTimeout))
+            if not retryable or attempt == policy.retries:
+                log.warning("%s failed: %s (%s)", what, type(error).__name__, error)
+                raise error from exc
+            delay = policy.base_delay * 2**attempt * (1 + random.random() / 4)
+            if isinstance(exc, aiohttp.ClientResponseError):
+                delay = _retry_after(exc.headers) or delay
+            if delay > policy.max_delay:
+                raise error from exc
+            log.info("%s: %s, retry %d/%d in %.1fs", what, type(error).__name__, attempt + 1, policy.retries, delay)
+            await sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,120 @@
+"""Command line: `python -m bot` runs the bot; `python -m bot ask ...` checks tokens and models without Discord."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from audio.asr import TranscriptionUnavailable
+from audio.ffmpeg import FFmpegUnavailable
+from audio.formats import AudioInputError
+from audio.inference import InferenceError
+from bot.settings import Settings, get_settings
+
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
+
+
+class UsageError(Exception):
+    """A problem the operator fixes by changing settings; the message is one sentence."""
+
+
+def check_discord_token(settings: Settings) -> str:
+    """Return the bot token, or raise `UsageError` saying what to set and where (never echoing the value)."""
+    if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
+        raise UsageError(
+            "DISCORD_TOKEN is not set: put your bot token from the Discord Developer Portal (Bot → Reset Token) "
+            "in the environment or in a .env file next to where you run `python -m bot`."
+        )
+    token = settings.discord_token.get_secret_value().strip()
+    if not _TOKEN_SHAPE.match(token):
+        raise UsageError(
+            "DISCORD_TOKEN does not look like a Discord bot token: copy it again from the Discord Developer "
+            "Portal (Bot → Reset Token) into the environment or your .env file."
+        )
+    return token
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write float mono samples as a 16-bit WAV file."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
+
+
+async def ask(settings: Settings, question: str | None, audio: Path | None, speak: Path | None) -> None:
+    """Answer one question on the command line, printing the transcript (if any) and the answer."""
+    from bot.services import build_oracle, build_transcriber
+
+    if audio is not None:
+        question = await build_transcriber(settings).transcribe(audio.read_bytes(), audio.name)
+        print(f"Transcript: {question}")
+    assert question is not None
+    question = question.strip()
+    if not question:
+        raise UsageError("The question is empty: pass some text or --audio FILE.")
+    if len(question) > settings.max_question_chars:
+        raise UsageError(f"The question is longer than MAX_QUESTION_CHARS ({settings.max_question_chars}).")
+    answer = await build_oracle(settings).answer(question)
+    print(f"Answer: {answer}")
+    if speak is not None:
+        from audio.tts import TTSEngine, Voice
+
+        from bot.services import tts_config
+
+        engine = await asyncio.to_thread(TTSEngine.load, tts_config(settings))
+        voice = Voice(settings.tts_voice_description, settings.tts_seed)
+        samples = await asyncio.to_thread(engine.synthesize, answer, voice)
+        write_wav(speak, samples, engine.sample_rate)
+        print(f"Spoken answer written to {speak}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Magic 8 Ball voice bot for Discord.")
+    sub = parser.add_subparsers(dest="command")
+    ask_parser = sub.add_parser("ask", help="answer one question without Discord (checks tokens and models)")
+    ask_parser.add_argument("question", nargs="?", help="the question text")
+    ask_parser.add_argument("--audio", type=Path, help="a recorded question (ogg, mp3, m4a, wav, webm)")
+    ask_parser.add_argument("--speak", type=Path, help="also synthesise the answer to this WAV file")
+    args = parser.parse_args(argv)
+    if args.command == "ask" and (args.question is None) == (args.audio is None):
+        parser.error("ask takes either a question or --audio FILE")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = get_settings()
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        if args.command == "ask":
+            asyncio.run(ask(settings, args.question, args.audio, args.speak))
+            return 0
+        check_discord_token(settings)
+        from bot.client import run
+
+        run(settings)
+        return 0
+    except ValidationError as exc:
+        fields = ", ".join(str(err["loc"][0]).upper() for err in exc.errors() if err["loc"])
+        message = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
+    except (UsageError, FFmpegUnavailable) as exc:
+        message = str(exc)
+    except (InferenceError, AudioInputError, TranscriptionUnavailable) as exc:
+        message = f"{exc.user_message} ({type(exc).__name__})"
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""One FIFO of answers to speak per guild, so answers never talk over each other.
+
+A `GuildPlayer` owns a bounded queue and a worker task. For each `Utterance` it obtains a connected voice
+client (reconnecting when the connection dropped), streams synthesised chunks into a live source, starts
+playback once the source has buffered enough, tells the asker (`on_start`) and waits for the end. The worker
+exits after `idle_seconds` without work and calls `on_idle` (the voice cog leaves the channel then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from audio.source import StreamingSource
+from audio.tts import Voice
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    """How an utterance ended."""
+
+    SPOKEN = "spoken"  # played to the end
+    TTS_FAILED = "tts_failed"  # synthesis failed (before or after the audio started)
+    DROPPED = "dropped"  # the voice connection went away while it played
+    NO_VOICE = "no_voice"  # no voice connection when its turn came
+    STOPPED = "stopped"  # cancelled by /stop, /leave or shutdown
+
+
+class QueueFull(Exception):
+    """The guild already has as many answers waiting as it may."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} answers are already waiting to be spoken")
+        self.size = size
+
+
+class VoiceLink(Protocol):
+    """What the player needs from `discord.VoiceClient`."""
+
+    def is_connected(self) -> bool: ...
+    def play(self, source: Any, *, after: Callable[[Exception | None], Any]) -> None: ...
+    def is_playing(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
+Synthesize = Callable[[str, Voice], AsyncIterator[np.ndarray]]
+
+
+@dataclass(eq=False)
+class Utterance:
+    """An answer waiting to be spoken; `result` resolves to its `Outcome`."""
+
+    text: str
+    voice: Voice
+    on_start: Callable[[], Awaitable[object]] | None = None
+    result: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    tts_error: BaseException | None = None
+    started: bool = False
+
+    def resolve(self, outcome: Outcome) -> None:
+        if not self.result.done():
+            self.result.set_result(outcome)
+
+
+class GuildPlayer:
+    """Speaks a guild's answers one after the other in its voice channel."""
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[], Awaitable[VoiceLink | None]],
+        synthesize: Synthesize,
+        make_source: Callable[[], StreamingSource],
+        queue_size: int,
+        idle_seconds: float,
+        on_idle: Callable[[], Awaitable[object]],
+    ) -> None:
+        self._connect = connect
+        self._synthesize = synthesize
+        self._make_source = make_source
+        self._idle_seconds = idle_seconds
+        self._on_idle = on_idle
+        self._queue: asyncio.Queue[Utterance] = asyncio.Queue(queue_size)
+        self._worker: asyncio.Task[None] | None = None
+        self._current: asyncio.Task[Outcome] | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Answers waiting, not counting the one being spoken."""
+        return self._queue.qsize()
+
+    @property
+    def busy(self) -> bool:
+        """Whether an answer is being spoken (or prepared for speaking) now."""
+        return self._current is not None and not self._current.done()
+
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    def start(self) -> None:
+        """Run the worker (idempotent); the idle countdown starts now."""
+        if self._closed:
+            raise RuntimeError("player is closed")
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name="guild-player")
+
+    def submit(self, text: str, voice: Voice, on_start: Callable[[], Awaitable[object]] | None = None) -> Utterance:
+        """Queue an answer; raises `QueueFull` when the guild's queue is full."""
+        utterance = Utterance(text, voice, on_start)
+        try:
+            self._queue.put_nowait(utterance)
+        except asyncio.QueueFull:
+            raise QueueFull(self._queue.maxsize) from None
+        self.start()
+        return utterance
+
+    def stop(self) -> int:
+        """Cancel the answer being spoken and clear the queue; returns how many answers were dropped."""
+        dropped = 0
+        while not self._queue.empty():
+            self._queue.get_nowait().resolve(Outcome.STOPPED)
+            dropped += 1
+        if self.busy:
+            assert self._current is not None
+            self._current.cancel()
+            dropped += 1
+        return dropped
+
+    async def close(self) -> None:
+        """Stop everything and end the worker."""
+        self._closed = True
+        self.stop()
+        for task in (self._current, self._worker):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                utterance = await asyncio.wait_for(self._queue.get(), self._idle_seconds)
+            except asyncio.TimeoutError:
+                break
+            self._current = task = asyncio.create_task(self._speak(utterance), name="guild-player-speak")
+            await asyncio.wait({task})
+            if task.cancelled():
+                utterance.resolve(Outcome.STOPPED)
+            elif task.exception() is not None:
+                log.error("Speaking an answer failed", exc_info=task.exception())
+                utterance.resolve(Outcome.DROPPED)
+            else:
+                utterance.resolve(task.result())
+        if not self._closed:
+            await self._on_idle()
+
+    async def _feed(self, utterance: Utterance, source: StreamingSource) -> None:
+        try:
+            async for chunk in self._synthesize(utterance.text, utterance.voice):
+                await source.afeed(chunk)
+        except asyncio.CancelledError:
+            source.cancel()
+            raise
+        except Exception as exc:
+            log.warning("Speech synthesis failed: %s", exc)
+            utterance.tts_error = exc
+            source.fail(exc)
+        else:
+            source.finish()
+
+    async def _speak(self, utterance: Utterance) -> Outcome:
+        link = await self._connect()
+        if link is None:
+            return Outcome.NO_VOICE
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Exception | None] = loop.create_future()
+
+        def after(error: Exception | None) -> None:
+            loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(error))
+
+        source = self._make_source()
+        feeder = asyncio.create_task(self._feed(utterance, source), name="guild-player-feed")
+        playing = False
+        try:
+            await source.ready()
+            if source.end_reason is not None and not source.buffered_frames:
+                return Outcome.TTS_FAILED  # nothing to play: synthesis or encoding failed before any audio
+            if not link.is_connected():
+                return Outcome.DROPPED
+            link.play(source, after=after)
+            playing = utterance.started = True
+            if utterance.on_start is not None:
+                try:
+                    await utterance.on_start()
+                except Exception:
+                    log.exception("Announcing a spoken answer failed")
+            error = await ended
+        finally:
+            feeder.cancel()
+            source.cancel()
+            if not playing:
+                await asyncio.to_thread(source.cleanup)  # discord.py cleans up the sources it played
+            elif link.is_playing():
+                link.stop()
+        if utterance.tts_error is not None or (source.end_reason or "").startswith(("error", "ffmpeg")):
+            return Outcome.TTS_FAILED
+        if error is not None or not link.is_connected():
+            log.info("Voice playback was cut off: %s", error or "disconnected")
+            return Outcome.DROPPED
+        return Outcome.SPOKEN

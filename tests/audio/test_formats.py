@@ -1,0 +1,78 @@
+"""Upload decoding for speech recognition: formats, limits and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from audio.formats import ASR_SAMPLE_RATE, AudioInputError, AudioLimits, decode_upload, upload_to_flac
+from tests.fakes.audio_files import FORMATS, encode, speechlike
+
+LIMITS = AudioLimits(max_bytes=2 * 1024 * 1024, max_seconds=5.0)
+
+
+@pytest.mark.parametrize("ext", sorted(FORMATS))
+async def test_every_upload_format_decodes_to_16k_mono(ffmpeg: str, ext: str) -> None:
+    source = speechlike(2.0)
+    samples = await decode_upload(encode(source, ext, ffmpeg), LIMITS, ffmpeg)
+    assert samples.dtype == np.float32
+    # encoders add priming/padding; the duration must still be right to within 0.1 s
+    assert abs(samples.size / ASR_SAMPLE_RATE - 2.0) < 0.1
+    assert 0.1 < float(np.max(np.abs(samples))) <= 1.0
+
+
+async def test_flac_output_is_16k_mono_flac(ffmpeg: str) -> None:
+    flac = await upload_to_flac(encode(speechlike(1.0), "ogg", ffmpeg), LIMITS, ffmpeg)
+    assert flac[:4] == b"fLaC"
+    probe = subprocess.run(
+        [ffmpeg, "-hide_banner", "-i", "pipe:0", "-f", "null", "-"], input=flac, capture_output=True, check=True
+    )
+    assert b"16000 Hz, mono" in probe.stderr
+
+
+async def test_decoded_audio_matches_the_source(ffmpeg: str) -> None:
+    source = speechlike(1.0, sample_rate=ASR_SAMPLE_RATE)
+    decoded = await decode_upload(encode(source, "wav", ffmpeg, ASR_SAMPLE_RATE), LIMITS, ffmpeg)
+    assert decoded.size == source.size
+    assert np.corrcoef(source, decoded)[0, 1] > 0.999
+
+
+async def test_zero_byte_file(ffmpeg: str) -> None:
+    with pytest.raises(AudioInputError, match="empty"):
+        await decode_upload(b"", LIMITS, ffmpeg)
+
+
+async def test_too_large_is_rejected_before_decoding(ffmpeg: str) -> None:
+    with pytest.raises(AudioInputError, match="too large"):
+        await decode_upload(b"\0" * (LIMITS.max_bytes + 1), LIMITS, "/nonexistent/ffmpeg-is-never-run")
+
+
+async def test_too_long_stops_while_decoding(ffmpeg: str) -> None:
+    data = encode(speechlike(12.0), "ogg", ffmpeg)
+    assert len(data) < LIMITS.max_bytes
+    with pytest.raises(AudioInputError, match="longer than 5 seconds"):
+        await decode_upload(data, LIMITS, ffmpeg)
+
+
+async def test_text_file_named_ogg(ffmpeg: str) -> None:
+    with pytest.raises(AudioInputError, match="corrupt or isn't a sound recording"):
+        await decode_upload(b"Should I adopt a dog? This is not audio.\n" * 20, LIMITS, ffmpeg)
+
+
+async def test_truncated_ogg_keeps_what_was_recorded(ffmpeg: str) -> None:
+    data = encode(speechlike(3.0), "ogg", ffmpeg)
+    samples = await decode_upload(data[: len(data) // 2], LIMITS, ffmpeg)
+    assert 0.8 < samples.size / ASR_SAMPLE_RATE < 2.2
+
+
+async def test_truncated_to_the_header_is_an_error(ffmpeg: str) -> None:
+    data = encode(speechlike(3.0), "ogg", ffmpeg)
+    with pytest.raises(AudioInputError):
+        await decode_upload(data[:200], LIMITS, ffmpeg)
+
+
+async def test_silence(ffmpeg: str) -> None:
+    with pytest.raises(AudioInputError, match="silent"):
+        await decode_upload(encode(np.zeros(48_000, np.float32), "wav", ffmpeg), LIMITS, ffmpeg)

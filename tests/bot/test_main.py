@@ -1,0 +1,122 @@
+"""`python -m bot`: start-up errors in one sentence, and `ask` on the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audio.oracle import CLASSIC_ANSWERS
+from bot.__main__ import main, write_wav
+from bot.settings import Settings
+from tests.fakes.audio_files import encode, speechlike
+from tests.fakes.inference import FakeInference
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.not-a-real-token-but-shaped-like-one"
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.endswith("_TOKEN")}
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_missing_token_is_one_clear_sentence(tmp_path: Path) -> None:
+    result = run_cli(env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: DISCORD_TOKEN is not set")
+    assert ".env" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_malformed_token_is_reported_without_echoing_it(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=hunter2-is-not-a-token\n")
+    result = run_cli(env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "does not look like a Discord bot token" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_invalid_setting_names_the_variable(tmp_path: Path) -> None:
+    result = run_cli(env={"DISCORD_TOKEN": SECRET, "MAX_VOICE_SECONDS": "soon"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "MAX_VOICE_SECONDS" in result.stderr and "Traceback" not in result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_empty_values_in_env_file_mean_defaults(tmp_path: Path) -> None:
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    os.chdir(tmp_path)
+    settings = Settings()
+    assert settings.discord_token is None and settings.dev_guild_id is None and settings.ffmpeg_path is None
+    assert settings.max_voice_seconds == 60
+
+
+def test_secrets_do_not_print() -> None:
+    settings = Settings(discord_token=SECRET, hf_token="hf_supersecret")
+    assert SECRET not in repr(settings) and "hf_supersecret" not in str(settings)
+
+
+def test_ask_offline_prints_a_classic_answer(tmp_path: Path) -> None:
+    result = run_cli("ask", "Should I adopt a dog?", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    answer = result.stdout.strip().removeprefix("Answer: ")
+    assert answer in CLASSIC_ANSWERS
+
+
+async def test_ask_with_audio_uses_asr_and_llm(
+    fake_inference: FakeInference, ffmpeg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    question = tmp_path / "question.ogg"
+    question.write_bytes(encode(speechlike(2.0), "ogg", ffmpeg))
+    monkeypatch.setenv("HF_TOKEN", "hf_cli_token")
+    monkeypatch.setenv("ASR_BASE_URL", f"{fake_inference.url}/asr")
+    monkeypatch.setenv("LLM_BASE_URL", f"{fake_inference.url}/llm")
+    code = await asyncio.to_thread(main, ["ask", "--audio", str(question)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.splitlines() == ["Transcript: Should I adopt a dog?", "Answer: A watched pot never boils."]
+    assert [r.path for r in fake_inference.requests] == ["/asr", "/llm/v1/chat/completions"]
+    assert "hf_cli_token" not in out.out + out.err
+
+
+async def test_ask_reports_api_errors_in_one_line(
+    fake_inference: FakeInference, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("LLM_BASE_URL", f"{fake_inference.url}/llm")
+    fake_inference.fail(402)
+    code = await asyncio.to_thread(main, ["ask", "Will it rain?"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: The oracle has used up its inference credits") and err.count("\n") == 1
+
+
+def test_voice_questions_need_a_token(tmp_path: Path, ffmpeg: str) -> None:
+    question = tmp_path / "q.wav"
+    question.write_bytes(encode(speechlike(1.0), "wav", ffmpeg))
+    result = run_cli("ask", "--audio", str(question), env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "HF_TOKEN or ASR_BASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_write_wav_roundtrip(tmp_path: Path) -> None:
+    samples = np.sin(np.linspace(0, 200, 4410)).astype(np.float32) * 0.5
+    write_wav(tmp_path / "a.wav", samples, 44_100)
+    with wave.open(str(tmp_path / "a.wav")) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getnframes()) == (44_100, 1, 4410)
+        back = np.frombuffer(wav.readframes(4410), "<i2") / 32767
+    assert np.allclose(back, samples, atol=1e-4)
