@@ -258,8 +258,8 @@ class TTSEngine:
 
     def generate_kwargs(self, text: str, voice: Voice) -> dict[str, Any]:
         """Keyword arguments for `model.generate` (no streamer) for one sentence; benchmarks reuse them."""
-        description = self.tokenizer(voice.description, return_tensors="pt").to(self.device)
-        prompt = self.tokenizer(text, return_tensors="pt").to(self.device)
+        description = self.tokenizer(voice.description, return_tensors="pt").input_ids.to(self.device)
+        prompt = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
         processors: list[LogitsProcessor] = [
             ParlerTTSLogitsProcessor(
                 self.model.generation_config.eos_token_id, self._num_codebooks, 1, self.device
@@ -272,10 +272,8 @@ class TTSEngine:
             steps = self.frames_per_sentence + self._num_codebooks - 1
             lengths = {"min_new_tokens": steps, "max_new_tokens": steps}
         return {
-            "input_ids": description.input_ids,
-            "attention_mask": description.attention_mask,
-            "prompt_input_ids": prompt.input_ids,
-            "prompt_attention_mask": prompt.attention_mask,
+            "input_ids": description,
+            "prompt_input_ids": prompt,
             "logits_processor": LogitsProcessorList(processors),
             "do_sample": True,
             "temperature": 1.0,
@@ -330,7 +328,8 @@ class TTSEngine:
         emit: Callable[[np.ndarray], None],
         first_s: float,
     ) -> None:
-        frames = (max(1, round(s * self.frame_rate)) for s in (first_s, *itertools.repeat(self.config.chunk_s)))
+        seconds = itertools.chain([first_s], itertools.repeat(self.config.chunk_s))
+        frames = (max(1, round(s * self.frame_rate)) for s in seconds)
         decoder = _FrameDecoder(self._decode, self.config.context_frames, frames)
         streamer = _CodecStreamer(self._num_codebooks, self._codebook_size, decoder, emit, cancel)
         with _seeded(voice.seed, self.device):

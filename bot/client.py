@@ -48,7 +48,7 @@ class VoiceStatus(enum.Enum):
     """Whether answers can be spoken yet."""
 
     DISABLED = "Speech is turned off on this bot, so answers are text only."
-    LOADING = "The voice is still warming up, so this answer is text only."
+    LOADING = "The voice is still warming up, so answers are text only for now."
     FAILED = "The voice could not be loaded, so answers are text only."
     READY = ""
 
@@ -82,10 +82,8 @@ class Admission:
         """Let a question in (the caller must `release` the guild later), or return why not."""
         busy = self._in_flight.get(guild_id, 0)
         if busy >= self.per_guild:
-            return (
-                f"The ball is already pondering {busy} questions in this server; "
-                "ask again once one of them is answered."
-            )
+            what = "a question" if busy == 1 else f"{busy} questions"
+            return f"The ball is already pondering {what} in this server; ask again once it has answered."
         now = time.monotonic()
         last = self._last_ask.get((guild_id, member_id))
         if last is not None and now - last < self.cooldown_seconds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from typing import Any
@@ -65,12 +66,18 @@ def can_send_voice_messages(permissions: discord.Permissions) -> bool:
     return permissions.send_messages and permissions.attach_files and permissions.send_voice_messages
 
 
-async def tell(interaction: discord.Interaction, sentence: str) -> None:
-    """Answer the interaction with an ephemeral sentence, whatever state its response is in."""
+async def tell(interaction: discord.Interaction, sentence: str, *, replace: bool = False) -> None:
+    """Answer the interaction with an ephemeral sentence, whatever state its response is in.
+
+    `replace` first deletes a public (deferred) response, so that only the asker sees what went wrong.
+    """
     try:
-        if interaction.response.is_done():
-            await interaction.followup.send(sentence, ephemeral=True, allowed_mentions=NO_PINGS)
-        else:
+        if not interaction.response.is_done():
             await interaction.response.send_message(sentence, ephemeral=True, allowed_mentions=NO_PINGS)
+            return
+        if replace:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        await interaction.followup.send(sentence, ephemeral=True, allowed_mentions=NO_PINGS)
     except discord.HTTPException as exc:
         log.warning("Could not tell the user %r: %s", sentence, exc)

@@ -78,7 +78,7 @@ class GuildPlayer:
         *,
         connect: Callable[[], Awaitable[VoiceLink | None]],
         synthesize: Synthesize,
-        make_source: Callable[[], StreamingSource],
+        make_source: Callable[[str], StreamingSource],
         queue_size: int,
         idle_seconds: float,
         on_idle: Callable[[], Awaitable[object]],
@@ -91,6 +91,7 @@ class GuildPlayer:
         self._queue: asyncio.Queue[Utterance] = asyncio.Queue(queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[Outcome] | None = None
+        self._speaking: Utterance | None = None
         self._closed = False
 
     @property
@@ -130,9 +131,10 @@ class GuildPlayer:
         while not self._queue.empty():
             self._queue.get_nowait().resolve(Outcome.STOPPED)
             dropped += 1
-        if self.busy:
+        if self.busy and self._speaking is not None:
             assert self._current is not None
             self._current.cancel()
+            self._speaking.resolve(Outcome.STOPPED)
             dropped += 1
         return dropped
 
@@ -152,6 +154,7 @@ class GuildPlayer:
                 utterance = await asyncio.wait_for(self._queue.get(), self._idle_seconds)
             except asyncio.TimeoutError:
                 break
+            self._speaking = utterance
             self._current = task = asyncio.create_task(self._speak(utterance), name="guild-player-speak")
             await asyncio.wait({task})
             if task.cancelled():
@@ -185,10 +188,11 @@ class GuildPlayer:
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[Exception | None] = loop.create_future()
 
-        def after(error: Exception | None) -> None:
-            loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(error))
+        def after(error: Exception | None) -> None:  # runs in discord.py's player thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(error))
 
-        source = self._make_source()
+        source = self._make_source(utterance.text)
         feeder = asyncio.create_task(self._feed(utterance, source), name="guild-player-feed")
         playing = False
         try:

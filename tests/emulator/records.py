@@ -292,3 +292,15 @@ class RestFault:
     times: int
     retry_after: float
     is_global: bool
+
+
+@dataclass
+class VoiceRequest:
+    """An op 4 voice state update from the bot; refused ones (no CONNECT, channel full) go unanswered."""
+
+    guild_id: int
+    channel_id: int | None
+    self_mute: bool
+    self_deaf: bool
+    accepted: bool
+    at: float = field(default_factory=time.monotonic)

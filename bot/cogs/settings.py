@@ -1,0 +1,148 @@
+"""/voice set|preview and /channels enable|disable (Manage Server), stored per guild."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from audio.tts import Voice
+from bot.discord_io import audio_file, tell
+from bot.presets import find_preset, search_presets
+
+if TYPE_CHECKING:
+    from bot.client import MagicBot
+
+log = logging.getLogger(__name__)
+
+ADMIN = discord.Permissions(manage_guild=True)
+ListeningChannel = discord.TextChannel | discord.VoiceChannel
+_REPLY_PERMISSIONS = ("view_channel", "send_messages", "read_message_history")
+
+
+async def preset_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete over the named voices."""
+    return [app_commands.Choice(name=p.name, value=p.name) for p in search_presets(current)]
+
+
+def unknown_preset(name: str) -> str:
+    return f"There is no voice called “{name}”: pick one from the list."
+
+
+class SettingsCog(commands.Cog, name="Settings"):
+    """Per-guild settings, for members with Manage Server."""
+
+    voice = app_commands.Group(
+        name="voice", description="The Magic 8 Ball's voice.", guild_only=True, default_permissions=ADMIN
+    )
+    channels = app_commands.Group(
+        name="channels",
+        description="Channels where posted voice messages are answered.",
+        guild_only=True,
+        default_permissions=ADMIN,
+    )
+
+    def __init__(self, bot: MagicBot) -> None:
+        self.bot = bot
+
+    @voice.command(name="set", description="Choose the voice the ball speaks with.")
+    @app_commands.describe(preset="A named voice")
+    @app_commands.autocomplete(preset=preset_choices)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def voice_set(self, interaction: discord.Interaction, preset: str) -> None:
+        assert interaction.guild_id is not None
+        found = find_preset(preset)
+        if found is None:
+            await tell(interaction, unknown_preset(preset))
+            return
+        await interaction.response.defer(ephemeral=True)
+        await self.bot.store.set_voice_preset(interaction.guild_id, found.name)
+        await interaction.followup.send(f"🎙️ The ball now speaks as **{found.name}**.", ephemeral=True)
+
+    @voice.command(name="preview", description="Hear a voice (the current one if you pick none).")
+    @app_commands.describe(preset="A named voice")
+    @app_commands.autocomplete(preset=preset_choices)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def voice_preview(self, interaction: discord.Interaction, preset: str | None = None) -> None:
+        guild_id = interaction.guild_id
+        assert guild_id is not None
+        found = find_preset(preset) if preset is not None else None
+        if preset is not None and found is None:
+            await tell(interaction, unknown_preset(preset))
+            return
+        if self.bot.voice_status.value:
+            await tell(interaction, self.bot.voice_status.value)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if found is not None:
+            name, voice = found.name, Voice(found.description, found.seed)
+        else:
+            name = await self.bot.store.voice_preset(guild_id) or "the default voice"
+            voice = await self.bot.guild_voice(guild_id)
+        text = f"Hello, this is {name}. Ask, and the spirits shall answer."
+        player = self.bot.voice.player(guild_id)
+        if player is not None and not player.full:
+            player.submit(text, voice)
+            await interaction.followup.send(f"🔊 Previewing **{name}** in the voice channel.", ephemeral=True)
+            return
+        try:
+            message = await self.bot.record(guild_id, text, voice)
+        except Exception as exc:
+            log.warning("Recording a preview failed: %s", exc)
+            await tell(interaction, "The voice faltered; please try the preview again.", replace=True)
+            return
+        await interaction.followup.send(
+            f"🔊 This is **{name}**.", file=audio_file(message, "preview.ogg"), ephemeral=True
+        )
+
+    @channels.command(name="enable", description="Answer voice messages posted in a channel.")
+    @app_commands.describe(channel="The channel (this one if you pick none)")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def channels_enable(self, interaction: discord.Interaction, channel: ListeningChannel | None = None) -> None:
+        target = channel or interaction.channel
+        guild = interaction.guild
+        assert guild is not None
+        if not isinstance(target, (discord.TextChannel, discord.VoiceChannel)):
+            await tell(interaction, "Pick a text channel to listen in.")
+            return
+        permissions = target.permissions_for(guild.me)
+        missing = [name for name in _REPLY_PERMISSIONS if not getattr(permissions, name)]
+        await interaction.response.defer(ephemeral=True)
+        added = await self.bot.store.enable_channel(guild.id, target.id)
+        parts = [
+            f"👂 I now answer voice messages posted in {target.mention}."
+            if added
+            else f"I already answer voice messages in {target.mention}."
+        ]
+        if missing:
+            names = ", ".join(name.replace("_", " ").title() for name in missing)
+            parts.append(f"To reply there I still need: {names}.")
+        if not self.bot.intents.message_content:
+            parts.append(
+                "This bot runs without the message-content intent, so it can't hear posted voice messages until "
+                "its owner turns that on; the “Ask the Magic 8 Ball” message command works meanwhile."
+            )
+        await interaction.followup.send(" ".join(parts), ephemeral=True)
+
+    @channels.command(name="disable", description="Stop answering voice messages posted in a channel.")
+    @app_commands.describe(channel="The channel (this one if you pick none)")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def channels_disable(self, interaction: discord.Interaction, channel: ListeningChannel | None = None) -> None:
+        target = channel or interaction.channel
+        assert target is not None
+        await interaction.response.defer(ephemeral=True)
+        removed = await self.bot.store.disable_channel(target.id)
+        mention = f"<#{target.id}>"
+        await interaction.followup.send(
+            f"🔕 I no longer answer voice messages in {mention}."
+            if removed
+            else f"I wasn't answering voice messages in {mention}.",
+            ephemeral=True,
+        )
+
+
+async def setup(bot: MagicBot) -> None:
+    await bot.add_cog(SettingsCog(bot))

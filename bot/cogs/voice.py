@@ -1,0 +1,210 @@
+"""/join, /leave, /stop; one player per guild; auto-leave when the channel empties or stays idle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from audio.tts import SpeechStream, TTSError, Voice
+from bot.discord_io import tell
+from bot.playback import GuildPlayer, VoiceLink
+
+if TYPE_CHECKING:
+    from bot.client import MagicBot
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 20.0
+VoiceChannel = discord.VoiceChannel | discord.StageChannel
+
+
+def connect_problem(channel: VoiceChannel, me: discord.Member) -> str | None:
+    """Why the bot can't speak in `channel`, as a sentence; None when it can."""
+    perms = channel.permissions_for(me)
+    missing = [
+        name
+        for name, granted in (("View Channel", perms.view_channel), ("Connect", perms.connect), ("Speak", perms.speak))
+        if not granted
+    ]
+    if missing:
+        plural = "s" if len(missing) > 1 else ""
+        return f"I can't speak in {channel.mention}: I need the {' and '.join(missing)} permission{plural} there."
+    if channel.user_limit and len(channel.voice_states) >= channel.user_limit and not perms.move_members:
+        return f"{channel.mention} is full, so I can't join it."
+    return None
+
+
+def listeners(channel: VoiceChannel, me: discord.Member) -> int:
+    """People (not bots) in the channel besides the bot."""
+    guild = channel.guild
+    count = 0
+    for user_id in channel.voice_states:
+        member = guild.get_member(user_id)
+        count += user_id != me.id and not (member is not None and member.bot)
+    return count
+
+
+class VoiceCog(commands.Cog, name="Voice"):
+    """Voice connections and the per-guild answer queues."""
+
+    def __init__(self, bot: MagicBot) -> None:
+        self.bot = bot
+        self._players: dict[int, GuildPlayer] = {}
+        self._channels: dict[int, int] = {}  # guild id → the voice channel the bot means to be in
+
+    def player(self, guild_id: int) -> GuildPlayer | None:
+        """The guild's player while the bot is in one of its voice channels."""
+        return self._players.get(guild_id) if guild_id in self._channels else None
+
+    async def cog_unload(self) -> None:
+        for guild_id in list(self._players):
+            await self._drop(guild_id)
+
+    async def join(self, channel: VoiceChannel) -> None:
+        """Connect (or move) to `channel` and get the guild's player going."""
+        guild = channel.guild
+        client = guild.voice_client
+        if isinstance(client, discord.VoiceClient) and client.is_connected():
+            await client.move_to(channel, timeout=CONNECT_TIMEOUT)
+        else:
+            if client is not None:
+                await client.disconnect(force=True)
+            await channel.connect(timeout=CONNECT_TIMEOUT, self_deaf=True)
+        self._channels[guild.id] = channel.id
+        if guild.id not in self._players:
+            self._players[guild.id] = GuildPlayer(
+                connect=lambda: self._link(guild.id),
+                synthesize=lambda text, voice: self._synthesize(guild.id, text, voice),
+                make_source=lambda text: self.bot.new_source(text),
+                queue_size=self.bot.settings.guild_queue_size,
+                idle_seconds=self.bot.settings.voice_idle_seconds,
+                on_idle=lambda: self._idle(guild.id),
+            )
+        self._players[guild.id].start()
+
+    async def leave(self, guild: discord.Guild) -> None:
+        """Stop speaking, clear the queue and disconnect."""
+        await self._drop(guild.id)
+        if guild.voice_client is not None:
+            await guild.voice_client.disconnect(force=True)
+
+    async def _idle(self, guild_id: int) -> None:
+        guild = self.bot.get_guild(guild_id)
+        if guild is not None:
+            log.info("Idle in voice for %.0f s: leaving guild %s", self.bot.settings.voice_idle_seconds, guild_id)
+            await self.leave(guild)
+
+    async def _drop(self, guild_id: int) -> None:
+        """Forget the guild's channel and close its player (waiting answers end as stopped)."""
+        self._channels.pop(guild_id, None)
+        player = self._players.pop(guild_id, None)
+        if player is not None:
+            await player.close()
+
+    def _synthesize(self, guild_id: int, text: str, voice: Voice) -> SpeechStream:
+        if self.bot.speech is None:
+            raise TTSError("the voice is not loaded")
+        return self.bot.speech.stream(guild_id, text, voice)
+
+    async def _link(self, guild_id: int) -> VoiceLink | None:
+        """The guild's connected voice client, waiting out a reconnect after a drop; None once it is gone."""
+        guild = self.bot.get_guild(guild_id)
+        client = guild.voice_client if guild is not None and guild_id in self._channels else None
+        if not isinstance(client, discord.VoiceClient):
+            return None
+        wait = self.bot.settings.voice_reconnect_seconds
+        if client.is_connected() or await asyncio.to_thread(client.wait_until_connected, wait):
+            return client
+        log.info("The voice connection in guild %s did not come back", guild_id)
+        return None
+
+    @app_commands.command(name="join", description="Join your voice channel and speak the answers there.")
+    @app_commands.guild_only()
+    async def join_command(self, interaction: discord.Interaction) -> None:
+        guild = interaction.guild
+        member = interaction.user
+        assert guild is not None and isinstance(member, discord.Member)
+        channel = member.voice.channel if member.voice else None
+        if channel is None:
+            await tell(interaction, "Join a voice channel first, then use /join.")
+            return
+        problem = connect_problem(channel, guild.me)
+        if problem:
+            await tell(interaction, problem)
+            return
+        client = guild.voice_client
+        if client is not None and client.channel == channel and guild.id in self._channels:
+            await tell(interaction, f"I'm already in {channel.mention}.")
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            await self.join(channel)
+        except (asyncio.TimeoutError, discord.ClientException, discord.HTTPException) as exc:
+            log.warning("Joining %s failed: %s", channel.id, exc)
+            await tell(interaction, f"I couldn't connect to {channel.mention}; please try again.", replace=True)
+            return
+        status = self.bot.voice_status.value
+        await interaction.edit_original_response(
+            content=f"🔊 Joined {channel.mention}: answers are spoken here now." + (f" {status}" if status else "")
+        )
+
+    @app_commands.command(name="leave", description="Leave the voice channel.")
+    @app_commands.guild_only()
+    async def leave_command(self, interaction: discord.Interaction) -> None:
+        guild = interaction.guild
+        assert guild is not None
+        client = guild.voice_client
+        if client is None and guild.id not in self._channels:
+            await tell(interaction, "I'm not in a voice channel.")
+            return
+        await interaction.response.defer(thinking=True)
+        channel = client.channel if client is not None else None
+        await self.leave(guild)
+        await interaction.edit_original_response(content=f"👋 Left {channel.mention if channel else 'voice'}.")
+
+    @app_commands.command(name="stop", description="Stop the answer being spoken and clear the queue.")
+    @app_commands.guild_only()
+    async def stop_command(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        player = self.player(interaction.guild_id)
+        dropped = player.stop() if player is not None else 0
+        if not dropped:
+            await tell(interaction, "Nothing is being spoken right now.")
+            return
+        plural = "s" if dropped > 1 else ""
+        await interaction.response.send_message(f"⏹️ Stopped {dropped} answer{plural}.")
+
+    @commands.Cog.listener()
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        guild = member.guild
+        if guild.id not in self._channels:
+            return
+        if self.bot.user is not None and member.id == self.bot.user.id:
+            if after.channel is not None:  # moved; a disconnect is discord.py's to handle (it may reconnect)
+                self._channels[guild.id] = after.channel.id
+            return
+        channel = guild.get_channel(self._channels[guild.id])
+        if (
+            isinstance(channel, (discord.VoiceChannel, discord.StageChannel))
+            and before.channel == channel
+            and after.channel != channel
+            and not listeners(channel, guild.me)
+        ):
+            log.info("Voice channel %s is empty: leaving", channel.id)
+            await self.leave(guild)
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        log.info("Removed from guild %s", guild.id)
+        await self._drop(guild.id)
+
+
+async def setup(bot: MagicBot) -> None:
+    await bot.add_cog(VoiceCog(bot))

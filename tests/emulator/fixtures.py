@@ -1,0 +1,19 @@
+"""Pytest fixtures for the Discord emulator (loaded by the lead's conftest via ``pytest_plugins``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from .server import DiscordEmulator
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[DiscordEmulator]:
+    """A started emulator with discord.py's REST base and gateway pointed at it; fails the test if
+    the emulator itself raised while handling a request."""
+    async with DiscordEmulator() as emu:
+        with emu.patch():
+            yield emu
+    assert not emu.internal_errors, f"the emulator failed internally: {emu.internal_errors!r}"
