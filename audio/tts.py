@@ -17,7 +17,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -261,9 +261,7 @@ class TTSEngine:
         description = self.tokenizer(voice.description, return_tensors="pt").input_ids.to(self.device)
         prompt = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
         processors: list[LogitsProcessor] = [
-            ParlerTTSLogitsProcessor(
-                self.model.generation_config.eos_token_id, self._num_codebooks, 1, self.device
-            )
+            ParlerTTSLogitsProcessor(self.model.generation_config.eos_token_id, self._num_codebooks, 1, self.device)
         ]
         if self.frames_per_sentence is None:
             lengths = {"min_new_tokens": 10}
@@ -305,9 +303,7 @@ class TTSEngine:
         """The whole answer as one array (voice messages, CLI)."""
         return np.concatenate([np.zeros(0, np.float32), *self.stream(text, voice)])
 
-    def _produce(
-        self, sentences: list[str], voice: Voice, cancel: threading.Event, put: Callable[[Any], None]
-    ) -> None:
+    def _produce(self, sentences: list[str], voice: Voice, cancel: threading.Event, put: Callable[[Any], None]) -> None:
         try:
             with self._lock:
                 for index, sentence in enumerate(sentences):
@@ -332,11 +328,8 @@ class TTSEngine:
         frames = (max(1, round(s * self.frame_rate)) for s in seconds)
         decoder = _FrameDecoder(self._decode, self.config.context_frames, frames)
         streamer = _CodecStreamer(self._num_codebooks, self._codebook_size, decoder, emit, cancel)
-        with _seeded(voice.seed, self.device):
-            try:
-                self.model.generate(**self.generate_kwargs(sentence, voice), streamer=streamer)
-            except _GenerationStopped:
-                pass
+        with _seeded(voice.seed, self.device), suppress(_GenerationStopped):
+            self.model.generate(**self.generate_kwargs(sentence, voice), streamer=streamer)
 
     def _decode(self, codes: torch.Tensor) -> np.ndarray:
         """Decode `(num_codebooks, frames)` codes with the codec."""
@@ -351,9 +344,7 @@ class TTSEngine:
 class SpeechEngine(Protocol):
     """What `SpeechScheduler` needs from an engine."""
 
-    def stream(
-        self, text: str, voice: Voice, cancel: threading.Event | None = None
-    ) -> Iterator[np.ndarray]: ...
+    def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]: ...
 
 
 @dataclass(eq=False)

@@ -9,6 +9,8 @@ import pytest
 from audio.ffmpeg import ffmpeg_exe
 from tests.fakes.inference import FakeInference
 
+pytest_plugins = ["tests.emulator.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:

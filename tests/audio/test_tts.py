@@ -135,9 +135,7 @@ def test_codec_output_is_limited_not_normalised(
         assert not audio.any()
 
 
-def test_same_voice_and_seed_give_the_same_audio(
-    tiny_tts_engine: TTSEngine, solo_chunks: list[np.ndarray]
-) -> None:
+def test_same_voice_and_seed_give_the_same_audio(tiny_tts_engine: TTSEngine, solo_chunks: list[np.ndarray]) -> None:
     np.testing.assert_array_equal(tiny_tts_engine.synthesize(TEXT, VOICE), np.concatenate(solo_chunks))
     other_seed = tiny_tts_engine.synthesize(TEXT, Voice(JENNY_DESCRIPTION, seed=8))
     # Random codec weights make every code sequence sound alike, but not identical (a re-decode is >= 40 dB).
@@ -181,9 +179,7 @@ def test_cancel_stops_within_one_step_and_frees_the_model(
     assert sum(thread is cancelled for thread in steps) < 40 + 8
 
 
-def test_generation_failure_reaches_the_consumer(
-    tiny_tts_engine: TTSEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_generation_failure_reaches_the_consumer(tiny_tts_engine: TTSEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = itertools.count()
 
     def fail_at_step_30() -> None:
@@ -272,7 +268,10 @@ async def test_closing_a_stream_cancels_it(scripted: tuple[ScriptedEngine, Speec
     assert scheduler.waiting == 0
     await running.aclose()
     assert await drain(running) == []
-    assert len(await drain(scheduler.stream(3, "next", VOICE))) == 1  # starts only once "running" stopped
+    following = scheduler.stream(3, "next", VOICE)
+    await anext(following)  # starts only once "running" has stopped
+    engine.release.set()
+    assert len(await drain(following)) == 1
     assert engine.started == ["running", "next"]
     assert engine.cancelled == ["running"]
 
@@ -292,7 +291,7 @@ async def test_cancelling_the_consumer_task_cancels_generation(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await drain(scheduler.stream(2, "next", VOICE))
+    await anext(scheduler.stream(2, "next", VOICE))  # starts only once "speech" has stopped
     assert engine.cancelled == ["speech"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,13 @@ import discord
 import numpy as np
 
 from audio.tts import Voice
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll state the emulator can't see (the bot's, a fake's) until `condition()` holds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 class SineEngine:

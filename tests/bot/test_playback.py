@@ -13,17 +13,10 @@ import pytest
 from audio.source import StreamingSource
 from audio.tts import SpeechScheduler, Voice
 from bot.playback import GuildPlayer, Outcome, QueueFull, VoiceLink
-from tests.bot.doubles import FakeVoiceClient, SineEngine
+from tests.bot.doubles import FakeVoiceClient, SineEngine, until
 
 pytestmark = pytest.mark.timeout(60)
 VOICE = Voice("A calm test voice.", 7)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until `condition()` holds (the test fails on timeout)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 class Rig:

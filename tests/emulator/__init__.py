@@ -1,9 +1,10 @@
 """A local Discord that the real discord.py 2.7.1 client talks to (REST, gateway, voice over TLS + UDP).
 
-Usage (fixtures in ``tests/emulator/fixtures.py``: ``emulator`` is started and patched)::
+Usage (the ``emulator`` fixture in ``tests/emulator/fixtures.py`` is started and patched already)::
 
-    async with DiscordEmulator() as emu, ...:
-        with emu.patch():                       # Route.BASE and DEFAULT_GATEWAY -> emulator
+    async with DiscordEmulator() as emu:        # options: interaction_deadline=3.0, utterance_gap=0.5,
+        with emu.patch():                       #   voice_heartbeat_interval_ms, privileged_intents
+                                                # Route.BASE and DEFAULT_GATEWAY -> emulator
             guild = emu.add_guild("Guild")      # bot is a member; GuildState
             text = guild.add_text_channel("general"); vc = guild.add_voice_channel("Voice")
             alice = guild.add_member("alice")   # MemberState (alice.id)
@@ -77,7 +78,7 @@ __all__ = [
     "MessageRecord",
     "RoleState",
     "RtpPacket",
-    "Utterance",
     "UserState",
+    "Utterance",
     "VoiceRecord",
 ]

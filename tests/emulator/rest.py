@@ -143,8 +143,12 @@ class RestApi:
                 }
                 if fault.is_global:
                     headers["X-RateLimit-Global"] = "true"
-                body = {"message": "You are being rate limited.", "retry_after": fault.retry_after,
-                        "global": fault.is_global, "code": 0}  # fmt: skip
+                body = {
+                    "message": "You are being rate limited.",
+                    "retry_after": fault.retry_after,
+                    "global": fault.is_global,
+                    "code": 0,
+                }
                 return json_response(body, 429, headers)
         return None
 
@@ -169,7 +173,9 @@ class RestApi:
         request[_BODY] = payload
         return payload, parts
 
-    def _attachments(self, channel_id: int, body: Json, parts: dict[str, _Part], keep: list[AttachmentRecord]):
+    def _attachments(
+        self, channel_id: int, body: Json, parts: dict[str, _Part], keep: list[AttachmentRecord]
+    ) -> list[AttachmentRecord]:
         """Resolve ``attachments`` entries to new files, uploaded files or kept ones."""
         result: list[AttachmentRecord] = []
         kept = {a.id: a for a in keep}
@@ -197,7 +203,7 @@ class RestApi:
             result.append(attachment)
         return result
 
-    def _message(self, channel_id: int, body: Json, attachments: list[AttachmentRecord], **extra: Any):
+    def _message(self, channel_id: int, body: Json, attachments: list[AttachmentRecord], **extra: Any) -> MessageRecord:
         """Create, validate and store a message from a request body."""
         flags = int(body.get("flags") or 0)
         if flags & VOICE_MESSAGE:
@@ -415,11 +421,11 @@ class RestApi:
             return json_response(message.payload())
         return web.Response(status=204)
 
-    async def get_webhook_message(self, request: web.Request, app: str, token: str, message: str):
+    async def get_webhook_message(self, request: web.Request, app: str, token: str, message: str) -> web.Response:
         self._check_app(app)
         return json_response(self._webhook_message(self._interaction(token), message).payload())
 
-    async def edit_webhook_message(self, request: web.Request, app: str, token: str, message: str):
+    async def edit_webhook_message(self, request: web.Request, app: str, token: str, message: str) -> web.Response:
         self._check_app(app)
         body, parts = await self._read(request)
         record = self._interaction(token)
@@ -434,7 +440,7 @@ class RestApi:
         self._log(record, InteractionEvent(kind, now, body, 200, added, target))
         return json_response(target.payload())
 
-    async def delete_webhook_message(self, request: web.Request, app: str, token: str, message: str):
+    async def delete_webhook_message(self, request: web.Request, app: str, token: str, message: str) -> web.Response:
         self._check_app(app)
         record = self._interaction(token)
         target = self._webhook_message(record, message)

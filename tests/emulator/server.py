@@ -67,6 +67,7 @@ class DiscordEmulator:
         *,
         bot_name: str = "Magic 8 Ball",
         heartbeat_interval_ms: int = 41250,
+        voice_heartbeat_interval_ms: int = 13750,
         interaction_deadline: float = 3.0,
         utterance_gap: float = 0.5,
         privileged_intents: int = PRIVILEGED_INTENTS,
@@ -101,7 +102,7 @@ class DiscordEmulator:
             privileged_intents=privileged_intents,
             on_voice_request=self._on_voice_request,
         )
-        self.voice_server = VoiceServer(self.notifier, server_ssl, utterance_gap)
+        self.voice_server = VoiceServer(self.notifier, server_ssl, utterance_gap, voice_heartbeat_interval_ms)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -307,9 +308,7 @@ class DiscordEmulator:
     ) -> MessageRecord:
         """Wait for a bot message in the channel matching ``predicate``; returns the first match."""
         return await self.wait_for(
-            lambda: next(
-                (m for m in self.channel_messages(channel_id) if m.author == self.bot and predicate(m)), None
-            ),
+            lambda: next((m for m in self.channel_messages(channel_id) if m.author == self.bot and predicate(m)), None),
             timeout,
             f"a bot message in channel {channel_id}",
         )
@@ -344,7 +343,10 @@ class DiscordEmulator:
         elif kind == 7:
             channel = guild.channels[int(getattr(value, "id", value))]
             permissions = guild.permissions_for(self.bot.id, channel.id).value
-            resolved.setdefault("channels", {})[str(channel.id)] = {**channel.payload(), "permissions": str(permissions)}
+            resolved.setdefault("channels", {})[str(channel.id)] = {
+                **channel.payload(),
+                "permissions": str(permissions),
+            }
             value = str(channel.id)
         elif kind == 8:
             role = guild.roles[int(getattr(value, "id", value))]
@@ -382,7 +384,9 @@ class DiscordEmulator:
             data["resolved"] = resolved
         return data
 
-    async def _interaction(self, kind: int, guild_id: int, channel_id: int, user_id: int, data: Json):
+    async def _interaction(
+        self, kind: int, guild_id: int, channel_id: int, user_id: int, data: Json
+    ) -> InteractionRecord:
         guild = self.world.guilds[guild_id]
         member = guild.member(user_id).payload()
         member["permissions"] = str(guild.permissions_for(user_id, channel_id).value)
@@ -497,7 +501,9 @@ class DiscordEmulator:
             guild.voice_states[user_id] = VoiceStateEntry(user_id, channel_id, secrets.token_hex(16))
         await self.wait_until_connected()
         await self._sent(
-            self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(user_id, guild.voice_states.get(user_id)))
+            self.gateway.dispatch(
+                "VOICE_STATE_UPDATE", guild.voice_state_payload(user_id, guild.voice_states.get(user_id))
+            )
         )
         connection = self.voice(guild_id).connection
         if user_id == self.bot.id and channel_id is None and connection is not None and connection.open:
@@ -512,7 +518,9 @@ class DiscordEmulator:
         if channel_id is not None:
             permissions = guild.permissions_for(self.bot.id, channel_id)
             limit = guild.channels[channel_id].user_limit
-            occupants = sum(1 for s in guild.voice_states.values() if s.channel_id == channel_id and s.user_id != self.bot.id)
+            occupants = sum(
+                1 for s in guild.voice_states.values() if s.channel_id == channel_id and s.user_id != self.bot.id
+            )
             accepted = permissions.connect and (not limit or occupants < limit or permissions.move_members)
         self.voice_requests.append(
             VoiceRequest(guild.id, channel_id, bool(data.get("self_mute")), bool(data.get("self_deaf")), accepted)
@@ -524,7 +532,9 @@ class DiscordEmulator:
             guild.voice_states.pop(self.bot.id, None)
             self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, None))
             return
-        entry = VoiceStateEntry(self.bot.id, channel_id, session.id, bool(data.get("self_mute")), bool(data.get("self_deaf")))
+        entry = VoiceStateEntry(
+            self.bot.id, channel_id, session.id, bool(data.get("self_mute")), bool(data.get("self_deaf"))
+        )
         guild.voice_states[self.bot.id] = entry
         self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, entry))
         token = self.voice_server.allocate(guild.id, channel_id, session.id, self.bot.id)

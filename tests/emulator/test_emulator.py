@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import wave
 from collections.abc import Callable
@@ -38,7 +39,9 @@ class Bot(commands.Bot):
         async def ask(interaction: discord.Interaction, question: str) -> None:
             await interaction.response.defer(thinking=True)
             await asyncio.sleep(0.05)
-            await interaction.followup.send(f"answer: {question}")
+            answer = discord.File(io.BytesIO(OGG_BYTES), "answer.ogg")
+            await interaction.edit_original_response(content=f"answer: {question}", attachments=[answer])
+            await interaction.followup.send("more", ephemeral=True)
 
         @ask.autocomplete("question")
         async def ask_complete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -47,7 +50,7 @@ class Bot(commands.Bot):
         @app_commands.command(name="echo", description="Echo an attachment")
         async def echo(interaction: discord.Interaction, audio: discord.Attachment) -> None:
             data = await audio.read()
-            await interaction.response.send_message(file=discord.File(__import__("io").BytesIO(data), "echo.ogg"))
+            await interaction.response.send_message(file=discord.File(io.BytesIO(data), "echo.ogg"))
 
         @app_commands.context_menu(name="Ask the Magic 8 Ball")
         async def ask_message(interaction: discord.Interaction, message: discord.Message) -> None:
@@ -59,6 +62,9 @@ class Bot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.tree.sync()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """discord.py waits 5 s before re-identifying; tests don't need the courtesy."""
 
     async def on_message(self, message: discord.Message) -> None:
         if message.author != self.user:
@@ -84,9 +90,10 @@ def _alice(guild: GuildState) -> int:
 
 async def _until(condition: Callable[[], object], timeout: float = 5.0) -> None:
     """Poll client-side state (the emulator cannot see inside the client)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "client-side condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 async def test_login_ready_and_guild_create_fill_the_cache(emulator: DiscordEmulator, guild: GuildState) -> None:
@@ -107,7 +114,9 @@ async def test_login_ready_and_guild_create_fill_the_cache(emulator: DiscordEmul
         assert not lounge.permissions_for(cached.me).connect
         assert cached.get_channel(_channel(guild, 0)).permissions_for(cached.me).send_messages
         bob = next(m for m in cached.members if m.name == "bob")
-        assert bob.guild_permissions.manage_guild and not cached.get_member(_alice(guild)).guild_permissions.manage_guild
+        assert (
+            bob.guild_permissions.manage_guild and not cached.get_member(_alice(guild)).guild_permissions.manage_guild
+        )
 
         later = emulator.add_guild("Later Guild")
         later.add_text_channel("late-general")
@@ -134,10 +143,12 @@ async def test_slash_command_sync_defer_and_followup(emulator: DiscordEmulator, 
         await rec.wait_for(lambda r: r.followups)
         assert rec.deferred and not rec.ephemeral
         assert rec.callback is not None and rec.dispatched_at is not None
-        assert rec.dispatched_at <= rec.callback.at <= rec.followups[0].at
-        assert rec.original is not None and rec.original.flags & (1 << 7)  # loading until edited
-        assert [m.content for m in rec.messages] == ["", "answer: rain?"]
-        assert rec.followups[0].message in emulator.channel_messages(text_id)
+        assert rec.dispatched_at <= rec.callback.at <= rec.edits[0].at <= rec.followups[0].at
+        (edit,) = rec.edits
+        assert edit.attachments[0].data == OGG_BYTES and edit.body["content"] == "answer: rain?"
+        assert rec.original is not None and not rec.original.flags & (1 << 7)  # no longer "thinking"
+        assert [(m.content, m.ephemeral) for m in rec.messages] == [("answer: rain?", False), ("more", True)]
+        assert rec.original in emulator.channel_messages(text_id)
 
         sub = await emulator.slash_command(guild.id, text_id, _alice(guild), "voice set", {"preset": "jenny"})
         event = await sub.wait_for_response()
@@ -165,13 +176,29 @@ async def test_late_and_double_callbacks_are_rejected(emulator: DiscordEmulator,
         except discord.NotFound as error:
             failures.append(error)
 
-    emulator.interaction_deadline = 0.1
+    @client.tree.command(name="twice", description="Answers twice")
+    async def twice(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("once")
+        try:  # bypass discord.py's own "already responded" guard to reach the API
+            await discord.webhook.async_.async_context.get().create_interaction_response(
+                interaction.id,
+                interaction.token,
+                session=interaction._session,
+                params=discord.webhook.async_.interaction_response_params(4, {"content": "twice"}),
+            )
+        except discord.HTTPException as error:
+            failures.append(error)
+
     async with emulator.run_client(client):
-        rec = await emulator.slash_command(guild.id, _channel(guild, 0), _alice(guild), "slow")
-        await rec.wait_for(lambda r: r.events)
+        emulator.interaction_deadline = 0.1
+        late = await emulator.slash_command(guild.id, _channel(guild, 0), _alice(guild), "slow")
         await _until(lambda: failures)
-    assert rec.callback is None and [(e.kind, e.status) for e in rec.events] == [("callback", 404)]
-    assert isinstance(failures[0], discord.NotFound) and failures[0].code == 10062
+        emulator.interaction_deadline = 3.0
+        double = await emulator.slash_command(guild.id, _channel(guild, 0), _alice(guild), "twice")
+        await _until(lambda: len(failures) == 2)
+    assert late.callback is None and [(e.kind, e.status) for e in late.events] == [("callback", 404)]
+    assert [(e.kind, e.status) for e in double.events] == [("callback", 200), ("callback", 400)]
+    assert [(type(f), f.code) for f in failures] == [(discord.NotFound, 10062), (discord.HTTPException, 40060)]
 
 
 async def test_attachment_option_and_message_command(emulator: DiscordEmulator, guild: GuildState) -> None:
@@ -201,9 +228,12 @@ async def test_voice_message_is_dispatched_with_its_metadata(emulator: DiscordEm
     intents.message_content = True
     async with emulator.run_client(Bot(emulator, intents)) as client:
         await emulator.post_message(
-            text_id, _alice(guild), attachments=[("voice-message.ogg", OGG_BYTES, "audio/ogg")],
-            voice=True, duration_secs=2.5,
-        )  # fmt: skip
+            text_id,
+            _alice(guild),
+            attachments=[("voice-message.ogg", OGG_BYTES, "audio/ogg")],
+            voice=True,
+            duration_secs=2.5,
+        )
         await _until(lambda: client.seen)
         message = client.seen[0]
         assert message.flags.voice and message.attachments[0].duration == 2.5
@@ -222,7 +252,7 @@ async def test_channel_message_with_file_round_trips(emulator: DiscordEmulator, 
     text_id = _channel(guild, 0)
     async with emulator.run_client(Bot(emulator)) as client:
         channel = client.get_channel(text_id)
-        sent = await channel.send("here", file=discord.File(__import__("io").BytesIO(OGG_BYTES), "answer.ogg"))
+        sent = await channel.send("here", file=discord.File(io.BytesIO(OGG_BYTES), "answer.ogg"))
         stored = await emulator.wait_for_message(text_id)
         assert stored.content == "here" and stored.attachments[0].data == OGG_BYTES
         fetched = await channel.fetch_message(sent.id)
@@ -352,16 +382,25 @@ async def test_voice_join_is_ignored_without_connect(emulator: DiscordEmulator, 
     assert emulator.voice(guild.id).connections == []
 
 
-async def test_voice_close_4006_makes_the_client_reconnect(emulator: DiscordEmulator, guild: GuildState) -> None:
+async def test_voice_close_4006_mid_playback_reconnects(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+) -> None:
+    _write_sine(tmp_path / "long.wav", seconds=3.0)
     async with emulator.run_client(Bot(emulator)) as client:
         voice_client = await client.get_channel(_channel(guild, 2)).connect(timeout=10)
         record = emulator.voice(guild.id)
-        first = await record.wait_connected(1)
+        source = discord.FFmpegOpusAudio(str(tmp_path / "long.wav"), executable=imageio_ffmpeg.get_ffmpeg_exe())
+        playing = asyncio.create_task(_play(voice_client, source))
+        # an RTCP receiver report wakes discord.py's UDP reader; without traffic it sits 30 s in select()
+        await emulator.wait_for(lambda: record.connections[0].reports_sent >= 1)
         await emulator.close_voice(guild.id, 4006)
-        second = await record.wait_connected(2, timeout=15)
-        assert second is not first and second.ssrc != first.ssrc and first.close_codes == [4006]
-        await _until(voice_client.is_connected)
+        second = await record.wait_connected(2)
+        await playing
         await voice_client.disconnect()
+    first = record.connections[0]
+    assert first.close_codes == [4006] and second.ssrc != first.ssrc
+    assert {p.ssrc for p in record.packets} == {first.ssrc, second.ssrc}
+    assert all(u.continuous for u in record.utterances)
 
 
 async def test_udp_blackhole_drops_audio(emulator: DiscordEmulator, guild: GuildState, tmp_path: Path) -> None:
@@ -369,7 +408,10 @@ async def test_udp_blackhole_drops_audio(emulator: DiscordEmulator, guild: Guild
     async with emulator.run_client(Bot(emulator)) as client:
         voice_client = await client.get_channel(_channel(guild, 2)).connect(timeout=10)
         emulator.udp_blackhole(guild.id)
-        await _play(voice_client, discord.FFmpegOpusAudio(str(tmp_path / "short.wav"), executable=imageio_ffmpeg.get_ffmpeg_exe()))
+        await _play(
+            voice_client,
+            discord.FFmpegOpusAudio(str(tmp_path / "short.wav"), executable=imageio_ffmpeg.get_ffmpeg_exe()),
+        )
         record = emulator.voice(guild.id)
         await emulator.wait_for(lambda: record.dropped >= 10)
         await voice_client.disconnect()
@@ -389,3 +431,23 @@ async def test_gateway_resume_replays_missed_events(emulator: DiscordEmulator, g
         await emulator.disconnect_gateway(resume=False)
         await emulator.wait_for(lambda: emulator.gateway.identifies == 2)
     assert emulator.gateway.connections == 4
+
+
+async def test_voice_states_heartbeats_and_forced_disconnect() -> None:
+    async with DiscordEmulator(voice_heartbeat_interval_ms=50) as emulator:
+        with emulator.patch():
+            guild = emulator.add_guild("Heartbeat Guild")
+            lounge = guild.add_voice_channel("Lounge")
+            alice = guild.add_member("alice")
+            async with emulator.run_client(Bot(emulator)) as client:
+                await emulator.set_voice_state(guild.id, alice.id, lounge.id)
+                await _until(lambda: [m.id for m in client.get_channel(lounge.id).members] == [alice.id])
+                voice_client = await client.get_channel(lounge.id).connect(timeout=10)
+                record = emulator.voice(guild.id)
+                await emulator.wait_for(lambda: record.connections[0].heartbeats >= 2)
+                await _until(lambda: voice_client.latency < float("inf"))
+                assert client.latency < float("inf") and emulator.gateway.heartbeats >= 1
+                await emulator.set_voice_state(guild.id, emulator.bot.id, None)
+                await _until(lambda: not voice_client.is_connected() and not client.voice_clients)
+    assert record.connections[0].close_codes == [4014]
+    assert not emulator.internal_errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ AES_GCM = "aead_aes256_gcm_rtpsize"
 MODES = [AES_GCM, XCHACHA]  # Discord's order; discord.py 2.7.1 only supports the second
 SAMPLES_PER_FRAME = 960
 TRAILING_SILENCE_FRAMES = 5
-VOICE_HEARTBEAT_MS = 13750
+REPORT_EVERY_PACKETS = 50  # about one RTCP receiver report per second of audio
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,13 @@ class Utterance:
     @property
     def arrival_gaps(self) -> list[float]:
         """Seconds between consecutive packet arrivals."""
-        return [b.arrival - a.arrival for a, b in zip(self.packets, self.packets[1:])]
+        return [b.arrival - a.arrival for a, b in itertools.pairwise(self.packets)]
 
     def sequence_gaps(self) -> list[tuple[int, int]]:
         """(previous, next) sequence pairs that are not consecutive (mod 2**16)."""
         return [
             (a.sequence, b.sequence)
-            for a, b in zip(self.packets, self.packets[1:])
+            for a, b in itertools.pairwise(self.packets)
             if (b.sequence - a.sequence) % 65536 != 1
         ]
 
@@ -115,7 +116,7 @@ class Utterance:
         """(previous, next) timestamp pairs that do not step by 960 (mod 2**32)."""
         return [
             (a.timestamp, b.timestamp)
-            for a, b in zip(self.packets, self.packets[1:])
+            for a, b in itertools.pairwise(self.packets)
             if (b.timestamp - a.timestamp) % 2**32 != SAMPLES_PER_FRAME
         ]
 
@@ -147,6 +148,8 @@ class VoiceConnectionRecord:
     client_address: tuple[str, int] | None = None
     heartbeats: int = 0
     resumes: int = 0
+    packets_received: int = 0
+    reports_sent: int = 0
     close_codes: list[int] = field(default_factory=list)
     other_ops: list[Json] = field(default_factory=list)
     ws: web.WebSocketResponse | None = field(default=None, repr=False)
@@ -256,14 +259,19 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.server.on_datagram(self.connection, data, addr)
 
 
+def _encrypt(mode: str, key: bytes, aad: bytes, plain: bytes, counter: bytes) -> bytes:
+    """Encrypt with an ``*_rtpsize`` mode (the 4-byte counter is the nonce's start)."""
+    if mode == XCHACHA:
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plain, aad, counter + bytes(20), key)
+    return AESGCM(key).encrypt(counter + bytes(8), plain, aad)
+
+
 def _decrypt(mode: str, key: bytes, data: bytes) -> bytes:
     """Decrypt an ``*_rtpsize`` RTP packet and return the Opus payload."""
     header_len = 12 + 4 * (data[0] & 0x0F) + (4 if data[0] & 0x10 else 0)
     aad, ciphertext, counter = data[:header_len], data[header_len:-4], data[-4:]
     if mode == XCHACHA:
-        plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            ciphertext, aad, counter + bytes(20), key
-        )
+        plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, counter + bytes(20), key)
     else:
         plain = AESGCM(key).decrypt(counter + bytes(8), ciphertext, aad)
     if data[0] & 0x10:  # header extension: its body is part of the encrypted payload
@@ -274,14 +282,18 @@ def _decrypt(mode: str, key: bytes, data: bytes) -> bytes:
 class VoiceServer:
     """Voice websocket (wss, v8) plus one UDP socket per voice connection, on 127.0.0.1."""
 
-    def __init__(self, notifier: Notifier, ssl_context: ssl.SSLContext, utterance_gap: float) -> None:
+    def __init__(
+        self, notifier: Notifier, ssl_context: ssl.SSLContext, utterance_gap: float, heartbeat_interval_ms: int
+    ) -> None:
         self._notifier = notifier
+        self._heartbeat_ms = heartbeat_interval_ms
         self._ssl = ssl_context
         self._gap = utterance_gap
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.allocations: dict[str, _Allocation] = {}
         self.records: dict[int, VoiceRecord] = {}
+        self._server_closes: dict[web.WebSocketResponse, int] = {}
 
     @property
     def endpoint(self) -> str:
@@ -328,7 +340,11 @@ class VoiceServer:
         if code in (4006, 4014):  # the session is gone: the client must start over
             self.allocations.pop(connection.token, None)
         assert connection.ws is not None
-        await connection.ws.close(code=code)
+        await self._close(connection.ws, code)
+
+    async def _close(self, ws: web.WebSocketResponse, code: int) -> None:
+        self._server_closes[ws] = code
+        await ws.close(code=code)
 
     # -- websocket ------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -342,7 +358,7 @@ class VoiceServer:
             await ws.send_str(json.dumps({"op": op, "d": data, "seq": seq}))
 
         connection: VoiceConnectionRecord | None = None
-        await send(8, {"heartbeat_interval": VOICE_HEARTBEAT_MS})
+        await send(8, {"heartbeat_interval": self._heartbeat_ms})
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
                 if connection is not None:
@@ -353,46 +369,64 @@ class VoiceServer:
             if op == 0:
                 connection = await self._identify(ws, data)
                 if connection is not None:
-                    await send(2, {"ssrc": connection.ssrc, "ip": "127.0.0.1", "port": connection.udp_port,
-                                   "modes": MODES, "heartbeat_interval": 1})  # fmt: skip
+                    await send(
+                        2,
+                        {
+                            "ssrc": connection.ssrc,
+                            "ip": "127.0.0.1",
+                            "port": connection.udp_port,
+                            "modes": MODES,
+                            "heartbeat_interval": 1,
+                        },
+                    )
             elif op == 7:
                 connection = self._resume(ws, data)
                 if connection is None:
-                    await ws.close(code=4006)
+                    await self._close(ws, 4006)
                 else:
                     await send(9, None)
             elif connection is None:
-                await ws.close(code=4003)  # not authenticated
+                await self._close(ws, 4003)  # not authenticated
             elif op == 1:
                 if data["data"]["mode"] not in MODES:
-                    await ws.close(code=4016)
+                    await self._close(ws, 4016)
                     continue
                 connection.mode = data["data"]["mode"]
                 connection.client_address = (data["data"]["address"], data["data"]["port"])
                 connection.secret_key = os.urandom(32)
-                await send(4, {"mode": connection.mode, "secret_key": list(connection.secret_key),
-                               "dave_protocol_version": 0, "audio_codec": "opus", "video_codec": None,
-                               "media_session_id": secrets.token_hex(16)})  # fmt: skip
+                await send(
+                    4,
+                    {
+                        "mode": connection.mode,
+                        "secret_key": list(connection.secret_key),
+                        "dave_protocol_version": 0,
+                        "audio_codec": "opus",
+                        "video_codec": None,
+                        "media_session_id": secrets.token_hex(16),
+                    },
+                )
                 self._notifier.notify()
             elif op == 3:
                 connection.heartbeats += 1
+                self._notifier.notify()
                 await send(6, {"t": data["t"]} if isinstance(data, dict) else data)
             elif op == 5:
                 self.record(connection.guild_id).on_speaking(int(data["speaking"]))
             else:
                 connection.other_ops.append(frame)
+        code = self._server_closes.pop(ws, ws.close_code or 1000)
         if connection is not None and connection.ws is ws:
-            connection.close_codes.append(ws.close_code or 1000)
+            connection.close_codes.append(code)
             self._notifier.notify()
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, data: Json) -> VoiceConnectionRecord | None:
         allocation = self.allocations.get(data.get("token", ""))
         if allocation is None or data.get("server_id") != str(allocation.guild_id):
-            await ws.close(code=4004)  # authentication failed
+            await self._close(ws, 4004)  # authentication failed
             return None
         if data.get("session_id") != allocation.session_id or data.get("user_id") != str(allocation.user_id):
-            await ws.close(code=4006)  # session no longer valid
+            await self._close(ws, 4006)  # session no longer valid
             return None
         loop = asyncio.get_running_loop()
         connection = VoiceConnectionRecord(
@@ -432,7 +466,6 @@ class VoiceServer:
     # -- UDP --------------------------------------------------------------------------------------------
     def on_datagram(self, connection: VoiceConnectionRecord, data: bytes, addr: tuple[str, int]) -> None:
         """Answer IP discovery; decrypt RTP and file it."""
-        print("DGRAM", connection.udp_port, len(data), addr, data[:4])
         record = self.record(connection.guild_id)
         if record.blackhole:
             record.dropped += 1
@@ -452,3 +485,16 @@ class VoiceServer:
             return
         sequence, timestamp, ssrc = struct.unpack_from(">HII", data, 2)
         record.add_packet(RtpPacket(sequence, timestamp, ssrc, time.monotonic(), payload))
+        connection.packets_received += 1
+        if connection.packets_received % REPORT_EVERY_PACKETS == 0:
+            self._send_receiver_report(connection, sequence, addr)
+
+    def _send_receiver_report(self, connection: VoiceConnectionRecord, sequence: int, addr: tuple[str, int]) -> None:
+        """Like Discord, report reception statistics back to the sender (RTCP RR, payload type 201)."""
+        assert connection.transport is not None and connection.mode is not None and connection.secret_key
+        header = struct.pack(">BBHI", 0x81, 201, 7, 1)
+        block = struct.pack(">IIIIII", connection.ssrc, 0, sequence, 0, 0, 0)
+        connection.reports_sent += 1
+        counter = struct.pack(">I", connection.reports_sent)
+        packet = header + _encrypt(connection.mode, connection.secret_key, header, block, counter) + counter
+        connection.transport.sendto(packet, addr)

@@ -270,9 +270,7 @@ class GuildState:
     ) -> None:
         """Set a channel overwrite for a role or member (dispatches CHANNEL_UPDATE)."""
         kind = ROLE_OVERWRITE if isinstance(target, RoleState) else MEMBER_OVERWRITE
-        channel.overwrites[target.id] = Overwrite(
-            target.id, kind, permission_value(allow), permission_value(deny)
-        )
+        channel.overwrites[target.id] = Overwrite(target.id, kind, permission_value(allow), permission_value(deny))
         self._event("CHANNEL_UPDATE", channel.payload())
 
     def _event(self, name: str, data: Json) -> None:

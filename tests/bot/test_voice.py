@@ -1,0 +1,138 @@
+"""/join, /leave, /stop and spoken answers through the emulator's real voice server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import discord
+import pytest
+
+from tests.bot.conftest import Scene, make_settings, running_bot
+from tests.bot.doubles import SineEngine, until
+from tests.bot.test_ask import ephemeral_reply, fields, final_embed
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def answered(record) -> bool:  # noqa: ANN001 - an InteractionRecord
+    return any(e.body.get("embeds") for e in record.edits)
+
+
+async def join(scene: Scene) -> None:
+    """alice sits in the Lounge and asks the bot to join."""
+    await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
+    record = await scene.command("join")
+    await record.wait_for(lambda r: r.edits, 30)
+    assert record.edits[-1].body["content"].startswith("🔊 Joined")
+    await scene.emu.voice(scene.guild.id).wait_connected(1, 30)
+
+
+async def test_join_explains_what_is_missing(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path)):
+        assert await ephemeral_reply(await scene.command("join")) == "Join a voice channel first, then use /join."
+        await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
+        for denied, expected in (("connect", "Connect"), ("speak", "Speak")):
+            scene.guild.set_overwrite(
+                scene.lounge, scene.guild.bot_role, deny=discord.Permissions(**{denied: True})
+            )
+            reply = await ephemeral_reply(await scene.command("join"))
+            assert reply == f"I can't speak in <#{scene.lounge.id}>: I need the {expected} permission there."
+        scene.guild.set_overwrite(scene.lounge, scene.guild.bot_role)
+        scene.lounge.user_limit = 1
+        scene.guild.set_overwrite(scene.lounge, scene.guild.bot_role)  # re-announces the channel
+        reply = await ephemeral_reply(await scene.command("join"))
+        assert reply == f"<#{scene.lounge.id}> is full, so I can't join it."
+        assert not scene.emu.voice_requests
+
+
+async def test_answers_are_spoken_in_turn_in_the_voice_channel(scene: Scene, tmp_path: Path) -> None:
+    engine = SineEngine(seconds_per_char=0.03)
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=engine):
+        await join(scene)
+        first, second = await scene.ask("First?"), await scene.ask("Second?", user=scene.mod)
+        await first.wait_for(answered, 60)
+        await second.wait_for(answered, 60)
+        utterances = await scene.emu.voice(scene.guild.id).wait_for_utterances(2, 60)
+
+        assert "🗣️ Speaking…" in [e.body.get("content") for e in first.edits]
+        assert "⏳ Waiting to speak (1 ahead)…" in [e.body.get("content") for e in second.edits]
+        assert utterances[1].started_at >= utterances[0].ended_at  # never talking over itself
+        for record, utterance in zip((first, second), utterances, strict=True):
+            assert "footer" not in final_embed(record)
+            words = fields(final_embed(record))["🎱 The ball says"]
+            assert utterance.duration >= len(words) * engine.seconds_per_char * 0.8
+        assert not scene.bot_messages()  # spoken, so no voice messages
+
+
+async def test_stop_cancels_the_answer_and_clears_the_queue(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.5)):
+        assert await ephemeral_reply(await scene.command("stop")) == "Nothing is being spoken right now."
+        await join(scene)
+        speaking, waiting = await scene.ask("Long one?"), await scene.ask("Next?", user=scene.mod)
+        await speaking.wait_for(answered, 60)  # revealed: its audio started
+        await waiting.wait_for(lambda r: r.edits, 30)
+        stop = await scene.command("stop")
+        assert (await stop.wait_for_response()).data["content"] == "⏹️ Stopped 2 answers."
+        for record in (speaking, waiting):
+            await record.wait_for(lambda r: "footer" in final_embed(r), 30)
+            assert final_embed(record)["footer"]["text"] == "🔇 Speech was stopped before this answer was finished."
+
+
+async def test_leave_and_auto_leave(scene: Scene, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, voice_idle_seconds=0.5)
+    async with running_bot(scene.emu, settings, tts=SineEngine()) as bot:
+        assert await ephemeral_reply(await scene.command("leave")) == "I'm not in a voice channel."
+        await join(scene)
+        leave = await scene.command("leave")
+        await leave.wait_for(lambda r: r.edits, 30)
+        assert leave.edits[-1].body["content"] == f"👋 Left <#{scene.lounge.id}>."
+        await until(lambda: bot.get_guild(scene.guild.id).voice_client is None)
+
+        await join(scene)  # idle for voice_idle_seconds: leaves by itself
+        await until(lambda: bot.get_guild(scene.guild.id).voice_client is None)
+        assert scene.emu.voice_requests[-1].channel_id is None
+
+
+async def test_leaves_when_the_channel_empties(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()) as bot:
+        await join(scene)
+        await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, None)
+        await until(lambda: bot.get_guild(scene.guild.id).voice_client is None)
+        assert scene.emu.voice_requests[-1].channel_id is None
+
+
+async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, guild_queue_size=1)
+    async with running_bot(scene.emu, settings, tts=SineEngine(seconds_per_char=0.5)):
+        await join(scene)
+        speaking = await scene.ask("Long one?")
+        await speaking.wait_for(answered, 60)
+        queued = await scene.ask("Next?")
+        await queued.wait_for(lambda r: r.edits and "Waiting" in (r.edits[-1].body.get("content") or ""), 30)
+        refusal = await ephemeral_reply(await scene.ask("And me?", user=scene.mod))
+        assert refusal == "1 answers are already waiting to be spoken here; ask again in a moment."
+        await (await scene.command("stop")).wait_for_response()
+
+
+async def test_voice_drop_reconnects_and_the_queue_resumes(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.03)):
+        await join(scene)
+        record = await scene.ask("Before?")
+        await record.wait_for(answered, 60)
+        await scene.emu.voice(scene.guild.id).wait_for_utterances(1, 60)
+        await scene.emu.close_voice(scene.guild.id, 4006)  # the voice session is gone: discord.py reconnects
+        await scene.emu.voice(scene.guild.id).wait_connected(2, 60)
+        record = await scene.ask("After?")
+        await record.wait_for(answered, 60)
+        await scene.emu.voice(scene.guild.id).wait_for_utterances(2, 60)
+        assert "footer" not in final_embed(record)
+
+
+async def test_kicked_from_voice_answers_go_out_as_voice_messages(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()) as bot:
+        await join(scene)
+        await scene.emu.set_voice_state(scene.guild.id, scene.emu.bot.id, None)  # a moderator disconnects it
+        await until(lambda: bot.get_guild(scene.guild.id).voice_client is None, 30)
+        record = await scene.ask("Where did you go?")
+        await record.wait_for(answered, 60)
+        await scene.emu.wait_for_message(scene.text.id, lambda m: m.voice)
