@@ -258,7 +258,7 @@ class TTSEngine:
 
     def generate_kwargs(self, text: str, voice: Voice) -> dict[str, Any]:
         """Keyword arguments for `model.generate` (no streamer) for one sentence; benchmarks reuse them."""
-        description = self.tokenizer(voice.description, return_tensors="pt").input_ids.to(self.device)
+        description = self.tokenizer(voice.description, return_tensors="pt").to(self.device)
         prompt = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
         processors: list[LogitsProcessor] = [
             ParlerTTSLogitsProcessor(self.model.generation_config.eos_token_id, self._num_codebooks, 1, self.device)
@@ -270,7 +270,8 @@ class TTSEngine:
             steps = self.frames_per_sentence + self._num_codebooks - 1
             lengths = {"min_new_tokens": steps, "max_new_tokens": steps}
         return {
-            "input_ids": description,
+            "input_ids": description.input_ids,
+            "attention_mask": description.attention_mask,
             "prompt_input_ids": prompt,
             "logits_processor": LogitsProcessorList(processors),
             "do_sample": True,

@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = get_settings()
-        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
         if args.command == "ask":
+            logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
             asyncio.run(ask(settings, args.question, args.audio, args.speak))
             return 0
         check_discord_token(settings)

@@ -1,0 +1,91 @@
+"""/voice and /channels through the emulator: Manage Server checks, autocomplete, persistence, listening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.presets import PRESETS
+from tests.bot.conftest import Scene, make_settings, running_bot
+from tests.bot.doubles import SineEngine
+from tests.bot.test_ask import ephemeral_reply, fields, spoken_question
+from tests.fakes.inference import FakeInference
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def test_settings_need_manage_server(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path)) as bot:
+        for name, options in (("voice set", {"preset": "Laura"}), ("channels enable", {}), ("voice preview", {})):
+            reply = await ephemeral_reply(await scene.command(name, options))
+            assert reply == "You need the Manage Server permission to do that."
+        assert await bot.store.voice_preset(scene.guild.id) is None
+        synced = {c["name"]: c for c in scene.emu.commands()}
+        assert synced["voice"]["default_member_permissions"] in (32, "32")
+        assert synced["channels"]["default_member_permissions"] in (32, "32")
+
+
+async def test_autocomplete_lists_presets(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path)):
+        record = await scene.emu.autocomplete(
+            scene.guild.id, scene.text.id, scene.mod.id, "voice set", {"preset": "lau"}, focused="preset"
+        )
+        await record.wait_for_response()
+        assert [c["value"] for c in record.choices] == ["Laura", "Lauren"]
+
+
+async def test_voice_and_channels_survive_a_restart(scene: Scene, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, dev_guild_id=scene.guild.id)
+    engine = SineEngine()
+    async with running_bot(scene.emu, settings, tts=engine):
+        assert {c["name"] for c in scene.emu.commands(scene.guild.id)} >= {"ask", "voice", "Ask the Magic 8 Ball"}
+        unknown = await ephemeral_reply(await scene.command("voice set", {"preset": "Nobody"}, user=scene.mod))
+        assert unknown == "There is no voice called “Nobody”: pick one from the list."
+        done = await scene.command("voice set", {"preset": "laura"}, user=scene.mod)
+        await done.wait_for(lambda r: r.followups, 10)
+        assert done.followups[0].body["content"] == "🎙️ The ball now speaks as **Laura**."
+        enabled = await scene.command("channels enable", {}, user=scene.mod)
+        await enabled.wait_for(lambda r: r.followups, 10)
+        assert enabled.followups[0].body["content"] == f"👂 I now answer voice messages posted in <#{scene.text.id}>."
+
+    async with running_bot(scene.emu, settings, tts=engine) as bot:
+        assert await bot.store.voice_preset(scene.guild.id) == "Laura"
+        assert bot.store.is_listening(scene.text.id)
+        preview = await scene.command("voice preview", {}, user=scene.mod)
+        await preview.wait_for(lambda r: r.followups, 30)
+        (message,) = preview.followups
+        assert message.body["content"] == "🔊 This is **Laura**." and message.flags & 64
+        assert message.attachments[0].filename == "preview.ogg"
+        assert engine.spoken[-1][1].description == PRESETS["Laura"].description
+
+
+async def test_voice_messages_are_answered_in_listening_channels(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, ffmpeg: str
+) -> None:
+    quiet = scene.guild.add_text_channel("quiet")
+    settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr")
+    recording = [("voice-message.ogg", spoken_question(ffmpeg), "audio/ogg")]
+    async with running_bot(scene.emu, settings, tts=SineEngine()):
+        enabled = await scene.command("channels enable", {}, user=scene.mod)
+        await enabled.wait_for(lambda r: r.followups, 10)
+        await scene.emu.post_message(quiet.id, scene.alice.id, attachments=recording, voice=True, duration_secs=1.5)
+        asked = await scene.emu.post_message(
+            scene.text.id, scene.alice.id, attachments=recording, voice=True, duration_secs=1.5
+        )
+
+        def reply_to(message_id: int, voice: bool) -> object:
+            return lambda m: (
+                m.message_reference and int(m.message_reference["message_id"]) == message_id and m.voice == voice
+            )
+
+        answer = await scene.emu.wait_for_message(
+            scene.text.id, lambda m: reply_to(asked.id, False)(m) and m.embeds, 30
+        )
+        assert fields(answer.embeds[0])["🎙️ You said"] == fake_inference.transcript
+        await scene.emu.wait_for_message(scene.text.id, reply_to(asked.id, True), 30)
+        assert not [m for m in scene.emu.channel_messages(quiet.id) if m.author == scene.emu.bot]
+
+        disabled = await scene.command("channels disable", {}, user=scene.mod)
+        await disabled.wait_for(lambda r: r.followups, 10)
+        assert disabled.followups[0].body["content"] == f"🔕 I no longer answer voice messages in <#{scene.text.id}>."
