@@ -45,7 +45,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 @dataclass(frozen=True)
 class TTSConfig:
-    """Model and streaming settings. `device`/`dtype` "auto": cuda, mps or cpu; bf16/fp16 on GPUs, fp32 on CPU."""
+    """Model and streaming settings.
+
+    `device`/`dtype` "auto": cuda, mps or cpu; bf16/fp16 on GPUs, fp32 on CPU. The first chunk of an answer lasts
+    `first_chunk_s`, the next ones double up to `chunk_s`; each is decoded with `context_frames` codec frames of
+    context on both sides (8 frames ≈ 93 ms of extra latency, about 70 dB match with a full decode).
+    """
 
     model: str = "parler-tts/parler-mini-v1-jenny"
     device: str = "auto"
@@ -325,7 +330,8 @@ class TTSEngine:
         emit: Callable[[np.ndarray], None],
         first_s: float,
     ) -> None:
-        seconds = itertools.chain([first_s], itertools.repeat(self.config.chunk_s))
+        # Chunks double up to `chunk_s`: each is generated while the audio before it plays.
+        seconds = (min(self.config.chunk_s, first_s * 2**i) for i in itertools.count())
         frames = (max(1, round(s * self.frame_rate)) for s in seconds)
         decoder = _FrameDecoder(self._decode, self.config.context_frames, frames)
         streamer = _CodecStreamer(self._num_codebooks, self._codebook_size, decoder, emit, cancel)

@@ -10,6 +10,7 @@ import sys
 import wave
 from pathlib import Path
 
+import discord
 import numpy as np
 from pydantic import ValidationError
 
@@ -69,7 +70,6 @@ async def ask(settings: Settings, question: str | None, audio: Path | None, spea
     print(f"Answer: {answer}")
     if speak is not None:
         from audio.tts import TTSEngine, Voice
-
         from bot.services import tts_config
 
         engine = await asyncio.to_thread(TTSEngine.load, tts_config(settings))
@@ -110,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         message = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
     except (UsageError, FFmpegUnavailable) as exc:
         message = str(exc)
+    except discord.LoginFailure:
+        message = (
+            "Discord refused DISCORD_TOKEN: copy a fresh token from the Discord Developer Portal (Bot → Reset Token) "
+            "into the environment or your .env file."
+        )
+    except discord.PrivilegedIntentsRequired:
+        message = (
+            "MESSAGE_CONTENT_INTENT=true needs the Message Content intent: switch it on in the Discord Developer "
+            "Portal (Bot → Privileged Gateway Intents) or set MESSAGE_CONTENT_INTENT=false."
+        )
     except (InferenceError, AudioInputError, TranscriptionUnavailable) as exc:
         message = f"{exc.user_message} ({type(exc).__name__})"
     print(f"error: {message}", file=sys.stderr)

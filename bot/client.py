@@ -7,6 +7,7 @@ import enum
 import logging
 import math
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -248,7 +249,9 @@ def run(settings: Settings) -> None:
 
     async def main() -> None:
         async with build_bot(settings) as bot:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
+            if threading.current_thread() is threading.main_thread():  # signal handlers need the main thread
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
             await bot.start(settings.discord_token.get_secret_value().strip())
 
     try:

@@ -66,8 +66,8 @@ def test_engine_loads_once_through_from_pretrained(tiny_tts_engine: TTSEngine) -
 
 
 def test_chunk_sizes_and_count(solo_chunks: list[np.ndarray]) -> None:
-    # 40 frames: first round(0.1 s * 86) = 9, then round(0.25 s * 86) = 22, the rest at the end.
-    assert [len(chunk) for chunk in solo_chunks] == [9 * HOP, 22 * HOP, 9 * HOP]
+    # 40 frames: first round(0.1 s * 86) = 9, then twice that (0.2 s: 17), the rest at the end.
+    assert [len(chunk) for chunk in solo_chunks] == [9 * HOP, 17 * HOP, 14 * HOP]
     assert all(chunk.dtype == np.float32 and chunk.ndim == 1 for chunk in solo_chunks)
 
 
@@ -99,8 +99,8 @@ def test_codec_work_is_bounded_per_chunk(tiny_tts_engine: TTSEngine, monkeypatch
 
 def test_sentences_are_spoken_in_order(tiny_tts_engine: TTSEngine, solo_chunks: list[np.ndarray]) -> None:
     chunks = list(tiny_tts_engine.stream(f"{TEXT} {OTHER}", VOICE))
-    # Only the answer's first chunk is short; the second sentence starts with a full-size chunk.
-    assert [len(chunk) // HOP for chunk in chunks] == [9, 22, 9, 22, 18]
+    # Only the answer's first chunks are short; the second sentence starts with a full-size (0.25 s) chunk.
+    assert [len(chunk) // HOP for chunk in chunks] == [9, 17, 14, 22, 18]
     audio = np.concatenate(chunks)
     np.testing.assert_array_equal(audio[: 40 * HOP], np.concatenate(solo_chunks))
     second = tiny_tts_engine.synthesize(OTHER, VOICE)

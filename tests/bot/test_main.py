@@ -16,6 +16,7 @@ import pytest
 from audio.oracle import CLASSIC_ANSWERS
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
+from tests.emulator import DiscordEmulator
 from tests.fakes.audio_files import encode, speechlike
 from tests.fakes.inference import FakeInference
 
@@ -120,3 +121,17 @@ def test_write_wav_roundtrip(tmp_path: Path) -> None:
         assert (wav.getframerate(), wav.getnchannels(), wav.getnframes()) == (44_100, 1, 4410)
         back = np.frombuffer(wav.readframes(4410), "<i2") / 32767
     assert np.allclose(back, samples, atol=1e-4)
+
+
+async def test_token_refused_by_discord_is_one_sentence(
+    emulator: DiscordEmulator, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", SECRET)
+    monkeypatch.setenv("TTS_ENABLED", "false")
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///refused.db")
+    code = await asyncio.to_thread(main, [])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[-1].startswith("error: Discord refused DISCORD_TOKEN")
+    assert "Traceback" not in err and SECRET not in err
+    assert emulator.requests[-1].status == 401
