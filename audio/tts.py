@@ -185,7 +185,7 @@ class _CodecStreamer(BaseStreamer):
         self._frames = frames
         self._emit = emit
         self._cancel = cancel
-        # The last `num_codebooks` steps; their diagonal is the oldest frame not yet complete.
+        # The last `num_codebooks` steps; once full, their diagonal is the frame that just became complete.
         self._window: deque[torch.Tensor] = deque(maxlen=num_codebooks)
 
     def put(self, value: torch.Tensor) -> None:

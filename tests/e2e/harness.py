@@ -1,0 +1,181 @@
+"""End-to-end harness shared by the scenarios and `bench.e2e`: an audible tiny TTS model, a spy on the bot's
+voice sources, the RTP packets of one answer and how closely they match what the model said.
+
+The tiny random-weight Parler-TTS checkpoint (`tests.fakes.tiny_parler`) keeps the real DAC codec, but with
+random weights its output is a DC offset plus a tone at the Nyquist frequency, almost independent of the codes:
+nothing that survives Opus or tells one answer from another. `build_voiced_parler` saves a copy whose codec
+decoder has no biases and ends in a smoothing filter with a speech-like level, so the audio depends on the codes
+and sits in the band Opus keeps (about 0.96 correlation through the bot's 64 kbit/s Opus; 0.35 between answers).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from parler_tts import ParlerTTSForConditionalGeneration
+
+from audio.source import FRAME_SECONDS, StreamingSource
+from audio.tts import TTSConfig, TTSEngine
+from bot.client import MagicBot
+from bot.services import build_oracle
+from bot.settings import Settings
+from tests.audio.test_source import aligned_correlation, decode
+from tests.bot.conftest import Scene, make_settings, running_bot
+from tests.emulator import DiscordEmulator, InteractionRecord, RtpPacket
+from tests.emulator.opus import decode_opus
+from tests.emulator.voice import SAMPLES_PER_FRAME, TRAILING_SILENCE_FRAMES
+from tests.fakes.inference import FakeInference
+from tests.fakes.tiny_parler import build_parler
+
+FRAMES_PER_SENTENCE = 40  # 0.46 s of audio per sentence
+VOICED_GAIN = 300.0  # brings the smoothed codec output to about -19 dBFS RMS
+MIN_CORRELATION = 0.9
+
+
+def build_voiced_parler(path: Path) -> Path:
+    """A tiny random-weight Parler-TTS checkpoint whose codec output is audible and depends on the codes."""
+    build_parler(path)
+    model = ParlerTTSForConditionalGeneration.from_pretrained(path)
+    decoder = model.audio_encoder.model.decoder
+    with torch.no_grad():
+        for module in decoder.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) and module.bias is not None:
+                module.bias.zero_()
+        last = decoder.model[-2].parametrizations.weight  # the 7-tap output convolution (before tanh)
+        taps = last.original1.shape[-1]
+        window = torch.hann_window(taps + 2)[1:-1]
+        last.original1.copy_(last.original1[:, :, taps // 2 : taps // 2 + 1].sign() * window)
+        last.original0.mul_(VOICED_GAIN)
+    model.save_pretrained(path)
+    return path
+
+
+def load_voiced_engine(path: Path) -> TTSEngine:
+    """The voiced checkpoint through the bot's loading code: 40 frames per sentence, chunks of 9 then 22."""
+    config = TTSConfig(model=str(build_voiced_parler(path)), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    return TTSEngine.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
+
+
+@dataclass(eq=False)
+class Spoken:
+    """One voice source the bot created, with the chunks it fed (at the engine's rate)."""
+
+    text: str
+    source: StreamingSource
+    chunks: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate([np.zeros(0, np.float32), *self.chunks])
+
+
+class SourceSpy:
+    """Wraps `bot.new_source` to keep every source and the chunks fed into it."""
+
+    def __init__(self, bot: MagicBot) -> None:
+        self.spoken: list[Spoken] = []
+        create = bot.new_source
+
+        def new_source(text: str) -> StreamingSource:
+            record = Spoken(text, create(text))
+            feed = record.source.feed
+
+            def recording_feed(chunk: np.ndarray) -> None:
+                record.chunks.append(np.array(chunk, np.float32))
+                feed(chunk)
+
+            record.source.feed = recording_feed  # type: ignore[method-assign]
+            self.spoken.append(record)
+            return record.source
+
+        bot.new_source = new_source  # type: ignore[method-assign]
+
+
+def e2e_settings(tmp_path: Path, fake: FakeInference, **overrides: Any) -> Settings:
+    """Test settings with the oracle and speech recognition served by the fake Inference API."""
+    urls = {"llm_base_url": f"{fake.url}/llm", "asr_base_url": f"{fake.url}/asr"}
+    return make_settings(tmp_path, **{**urls, **overrides})
+
+
+@asynccontextmanager
+async def serving(
+    scene: Scene, tmp_path: Path, fake: FakeInference, engine: TTSEngine, **overrides: Any
+) -> AsyncIterator[tuple[MagicBot, SourceSpy]]:
+    """The bot with the real TTS engine and the fake Inference API, and a spy on its voice sources."""
+    settings = e2e_settings(tmp_path, fake, **overrides)
+    async with running_bot(scene.emu, settings, tts=engine, oracle=build_oracle(settings)) as bot:
+        yield bot, SourceSpy(bot)
+
+
+async def join(scene: Scene, member_id: int | None = None, connections: int = 1) -> None:
+    """A member (alice by default) sits in the Lounge and asks the bot to join it."""
+    user = member_id or scene.alice.id
+    await scene.emu.set_voice_state(scene.guild.id, user, scene.lounge.id)
+    record = await scene.emu.slash_command(scene.guild.id, scene.text.id, user, "join")
+    await record.wait_for(lambda r: r.edits, 30)
+    assert record.edits[-1].body["content"].startswith("🔊 Joined")
+    await scene.emu.voice(scene.guild.id).wait_connected(connections, 30)
+
+
+def answered(record: InteractionRecord) -> bool:
+    """Whether the interaction's response shows the answer embed."""
+    return any(e.body.get("embeds") for e in record.edits)
+
+
+def answer_packets(packets: list[RtpPacket], start: int = 0) -> list[RtpPacket]:
+    """One answer: the packets from index `start` up to and including its trailing silence frames."""
+    span: list[RtpPacket] = []
+    for packet in packets[start:]:
+        span.append(packet)
+        if len(span) >= TRAILING_SILENCE_FRAMES and all(p.silence for p in span[-TRAILING_SILENCE_FRAMES:]):
+            break
+    return span
+
+
+async def heard(emu: DiscordEmulator, guild_id: int, start: int = 0, timeout: float = 60) -> list[RtpPacket]:
+    """Wait until the answer starting at packet `start` of the guild's voice ended (trailing silence)."""
+    voice = emu.voice(guild_id)
+
+    def ended() -> list[RtpPacket] | None:
+        span = answer_packets(voice.packets, start)
+        done = len(span) > TRAILING_SILENCE_FRAMES and all(p.silence for p in span[-TRAILING_SILENCE_FRAMES:])
+        return span if done else None
+
+    return await emu.wait_for(ended, timeout, f"an answer from packet {start} in guild {guild_id}")
+
+
+async def assert_played_whole(packets: list[RtpPacket], spoken: Spoken, sample_rate: int, ffmpeg: str) -> None:
+    """`packets` (one answer, see `answer_packets`) carried all of `spoken`'s audio: sequence numbers and
+    timestamps continuous, a silence frame only where the source counted an underrun, and the sound itself."""
+    assert spoken.source.end_reason == "finished"
+    steps = list(itertools.pairwise(packets))
+    assert all((b.sequence - a.sequence) % 2**16 == 1 for a, b in steps)
+    assert all((b.timestamp - a.timestamp) % 2**32 == SAMPLES_PER_FRAME for a, b in steps)
+    assert not any(p.ogg_header for p in packets)
+    body = packets[:-TRAILING_SILENCE_FRAMES]
+    assert all(p.silence for p in packets[-TRAILING_SILENCE_FRAMES:])
+    assert sum(p.silence for p in body) == spoken.source.underruns
+    assert len(body) - spoken.source.underruns == spoken.source.frames_read
+    assert abs(spoken.source.frames_read * FRAME_SECONDS - len(spoken.audio) / sample_rate) <= 2 * FRAME_SECONDS
+    assert await correlation(packets, spoken.audio, sample_rate, ffmpeg) >= MIN_CORRELATION
+
+
+def similarity(received: np.ndarray, reference: np.ndarray, sample_rate: int, ffmpeg: str) -> float:
+    """Correlation of `received` (mono, 48 kHz) with `reference` (mono, at `sample_rate`) resampled to 48 kHz
+    with ffmpeg's soxr like the bot does, at their best alignment."""
+    raw = ("-f", "f32le", "-ar", str(sample_rate), "-ac", "1")
+    value, _ = aligned_correlation(received, decode(reference.astype(np.float32).tobytes(), ffmpeg, *raw))
+    return value
+
+
+async def correlation(packets: list[RtpPacket], reference: np.ndarray, sample_rate: int, ffmpeg: str) -> float:
+    """`similarity` of the Opus audio carried by `packets` with `reference`."""
+    received = await decode_opus([p.payload for p in packets if not p.ogg_header])
+    return similarity(received.mean(axis=1), reference, sample_rate, ffmpeg)
