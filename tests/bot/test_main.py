@@ -132,6 +132,9 @@ async def test_token_refused_by_discord_is_one_sentence(
     code = await asyncio.to_thread(main, [])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.splitlines()[-1].startswith("error: Discord refused DISCORD_TOKEN")
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: Discord refused DISCORD_TOKEN: copy a fresh token from the Discord Developer Portal "
+        "(Bot → Reset Token) into the environment or your .env file."
+    ]
     assert "Traceback" not in err and SECRET not in err
     assert emulator.requests[-1].status == 401

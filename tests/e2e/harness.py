@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import discord
 import numpy as np
 import torch
 from parler_tts import ParlerTTSForConditionalGeneration
@@ -98,6 +99,20 @@ class SourceSpy:
         bot.new_source = new_source  # type: ignore[method-assign]
 
 
+def build_scene(emu: DiscordEmulator, name: str = "Oracle Guild") -> Scene:
+    """A guild laid out like the `scene` fixture's: #general, the Lounge, a member and a moderator."""
+    guild = emu.add_guild(name)
+    mods = guild.add_role("Mods", discord.Permissions(manage_guild=True))
+    return Scene(
+        emu,
+        guild,
+        guild.add_text_channel("general"),
+        guild.add_voice_channel("Lounge"),
+        guild.add_member("alice"),
+        guild.add_member("mod", roles=[mods]),
+    )
+
+
 def e2e_settings(tmp_path: Path, fake: FakeInference, **overrides: Any) -> Settings:
     """Test settings with the oracle and speech recognition served by the fake Inference API."""
     urls = {"llm_base_url": f"{fake.url}/llm", "asr_base_url": f"{fake.url}/asr"}
@@ -130,10 +145,12 @@ def answered(record: InteractionRecord) -> bool:
 
 
 def answer_packets(packets: list[RtpPacket], start: int = 0) -> list[RtpPacket]:
-    """One answer: the packets from index `start` up to and including its trailing silence frames."""
+    """One answer: from its first audio packet at or after index `start` of a guild's packets (skipping the end of
+    an earlier answer's trailing silence) up to and including its own trailing silence."""
     span: list[RtpPacket] = []
     for packet in packets[start:]:
-        span.append(packet)
+        if span or not packet.silence:
+            span.append(packet)
         if len(span) >= TRAILING_SILENCE_FRAMES and all(p.silence for p in span[-TRAILING_SILENCE_FRAMES:]):
             break
     return span

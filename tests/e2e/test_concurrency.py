@@ -12,24 +12,10 @@ import pytest
 from audio.tts import TTSEngine
 from tests.bot.conftest import Scene
 from tests.bot.test_ask import final_embed
-from tests.e2e.harness import answered, assert_played_whole, heard, join, serving
+from tests.e2e.harness import answered, assert_played_whole, build_scene, heard, join, serving
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def another_guild(scene: Scene) -> Scene:
-    """A second guild laid out like the first one."""
-    guild = scene.emu.add_guild("Second Guild")
-    mods = guild.add_role("Mods", discord.Permissions(manage_guild=True))
-    return Scene(
-        scene.emu,
-        guild,
-        guild.add_text_channel("general"),
-        guild.add_voice_channel("Lounge"),
-        guild.add_member("bob"),
-        guild.add_member("carol", roles=[mods]),
-    )
 
 
 def record_plays(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, discord.AudioSource]]:
@@ -54,12 +40,14 @@ async def test_simultaneous_questions_in_two_guilds_are_all_spoken_in_turn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plays = record_plays(monkeypatch)
-    other = another_guild(scene)
+    other = build_scene(scene.emu, "Second Guild")
     places = (scene, other)
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (_, spy):
         for place in places:
             await join(place)
-        asks = [place.ask(f"Me first, {who.user.name}?", user=who) for place in places for who in (place.alice, place.mod)]
+        asks = [
+            place.ask(f"Me first, {who.user.name}?", user=who) for place in places for who in (place.alice, place.mod)
+        ]
         records = await asyncio.gather(*asks)
         for record in records:
             await record.wait_for(answered, 120)

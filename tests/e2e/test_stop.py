@@ -18,7 +18,9 @@ from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(120)
 
-LONG_ANSWER = "Still waters run deep. The river does not hurry. Yet it reaches the sea. Patience is bitter. Its fruit is sweet."
+LONG_ANSWER = (
+    "Still waters run deep. The river does not hurry. Yet it reaches the sea. Patience is bitter. Its fruit is sweet."
+)
 STOP_BOUND = 0.1  # seconds from the bot acting on /stop to the last audio packet
 
 

@@ -9,11 +9,10 @@ import pytest
 
 from audio.tts import TTSEngine, Voice
 from audio.voice_message import waveform
-from tests.bot.conftest import Scene
-from tests.bot.test_ask import fields
-from tests.bot.test_ask import spoken_question
-from tests.e2e.harness import MIN_CORRELATION, serving, similarity
 from tests.audio.test_source import decode
+from tests.bot.conftest import Scene
+from tests.bot.test_ask import fields, spoken_question
+from tests.e2e.harness import MIN_CORRELATION, serving, similarity
 from tests.emulator.records import VOICE_MESSAGE
 from tests.fakes.inference import FakeInference
 
@@ -53,10 +52,11 @@ async def test_voice_message_in_a_listening_channel_gets_a_voice_reply(
     assert int(voice_message.message_reference["message_id"]) == asked.id
     (attachment,) = voice_message.attachments
     assert attachment.part_content_type == "audio/ogg" and attachment.data.startswith(b"OggS")
-    said = voiced_engine.synthesize(fake_inference.chat_reply, Voice(bot.settings.tts_voice_description, bot.settings.tts_seed))
+    said = voiced_engine.synthesize(
+        fake_inference.chat_reply, Voice(bot.settings.tts_voice_description, bot.settings.tts_seed)
+    )
     assert attachment.duration_secs == pytest.approx(len(said) / voiced_engine.sample_rate)
     assert base64.b64decode(attachment.waveform or "") == waveform(said)
     assert len(waveform(said)) == 256
     value = similarity(decode(attachment.data, ffmpeg), said, voiced_engine.sample_rate, ffmpeg)
-    print(value, reply.content, [e[1].get("content") for e in reply.edits])
     assert value >= MIN_CORRELATION
