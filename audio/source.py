@@ -371,11 +371,12 @@ class StreamingSource(discord.AudioSource):
 
     def _stop(self, reason: str, error: BaseException | None) -> None:
         with self._cond:
-            if self.end_reason is None:
+            # A "finished" utterance may still be playing its buffer: cancelling or failing it cuts that short.
+            if self.end_reason is None or (self.end_reason == "finished" and self._frames):
                 self.end_reason = reason
                 self._current_error = error
-                self._frames.clear()
-                self._update_ready()
+            self._frames.clear()
+            self._update_ready()
         self._inbox.put(None)  # wake the writer if it waits for a chunk
         self._proc.kill()  # no-op once reaped
 

@@ -412,6 +412,21 @@ def test_cancel_mid_stream_ends_reads_at_once_and_kills_ffmpeg() -> None:
     assert source._proc.returncode < 0  # killed
 
 
+def test_cancel_after_the_producer_finished_drops_the_buffer() -> None:
+    source = StreamingSource(RATE, preroll=NoPreroll())
+    try:
+        source.feed(speechlike(1.0, RATE))
+        source.finish()
+        wait_until(lambda: source.end_reason == "finished")
+        assert source.buffered_frames > 10 and source.read() != b""
+        source.cancel()
+        assert source.read() == b"" and source.buffered_frames == 0
+        assert source.end_reason == "cancelled"
+    finally:
+        source.cleanup()
+    _assert_reaped(source)
+
+
 def test_ffmpeg_killed_mid_stream_ends_after_what_it_encoded() -> None:
     source = StreamingSource(RATE, preroll=NoPreroll())
     try:

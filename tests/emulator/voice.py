@@ -29,6 +29,7 @@ MODES = [AES_GCM, XCHACHA]  # Discord's order; discord.py 2.7.1 only supports th
 SAMPLES_PER_FRAME = 960
 TRAILING_SILENCE_FRAMES = 5
 REPORT_EVERY_PACKETS = 50  # about one RTCP receiver report per second of audio
+REPORT_INTERVAL = 0.5  # and one at least this often to every connected client, audio or not
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,7 @@ class VoiceServer:
         self.allocations: dict[str, _Allocation] = {}
         self.records: dict[int, VoiceRecord] = {}
         self._server_closes: dict[web.WebSocketResponse, int] = {}
+        self._reporter: asyncio.Task[None] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -309,9 +311,12 @@ class VoiceServer:
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._reporter = asyncio.create_task(self._report_periodically(), name="emulator rtcp reports")
 
     async def stop(self) -> None:
         """Close every websocket and UDP socket."""
+        if self._reporter is not None:
+            self._reporter.cancel()
         for record in self.records.values():
             record._finish()
             for connection in record.connections:
@@ -488,6 +493,17 @@ class VoiceServer:
         connection.packets_received += 1
         if connection.packets_received % REPORT_EVERY_PACKETS == 0:
             self._send_receiver_report(connection, sequence, addr)
+
+    async def _report_periodically(self) -> None:
+        """Send receiver reports on a timer too, as Discord does: a client's UDP reader thread only notices a
+        reconnect when a datagram arrives on its old socket, so without them a silent client stalls for 30 s."""
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            for record in self.records.values():
+                for connection in record.connections:
+                    ready = connection.secret_key is not None and connection.client_address is not None
+                    if ready and connection.transport is not None and not connection.transport.is_closing():
+                        self._send_receiver_report(connection, 0, connection.client_address)  # type: ignore[arg-type]
 
     def _send_receiver_report(self, connection: VoiceConnectionRecord, sequence: int, addr: tuple[str, int]) -> None:
         """Like Discord, report reception statistics back to the sender (RTCP RR, payload type 201)."""
