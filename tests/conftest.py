@@ -1,13 +1,16 @@
-"""Shared fixtures: the ffmpeg binary, the fake Inference API, settings isolated from the developer's .env."""
+"""Shared fixtures: ffmpeg, the fake Inference API, the tiny Parler-TTS model, settings isolated from .env."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from audio.ffmpeg import ffmpeg_exe
+from audio.tts import TTSConfig, TTSEngine
 from tests.fakes.inference import FakeInference
+from tests.fakes.tiny_parler import build_parler
 
 pytest_plugins = ["tests.emulator.fixtures"]
 
@@ -32,3 +35,16 @@ def ffmpeg() -> str:
 async def fake_inference() -> AsyncIterator[FakeInference]:
     async with FakeInference() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def tiny_parler_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Parler-TTS checkpoint, saved like a downloaded one."""
+    return build_parler(tmp_path_factory.mktemp("tiny-parler"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tts_engine(tiny_parler_dir: Path) -> TTSEngine:
+    """40 frames (0.46 s) per sentence; chunks of 9 frames first, then 22, with 8 frames of context."""
+    config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    return TTSEngine.load(config, frames_per_sentence=40)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from audio.oracle import CLASSIC_ANSWERS
+from audio.tts import TTSConfig, TTSEngine, Voice
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
 from tests.emulator import DiscordEmulator
@@ -138,3 +139,31 @@ async def test_token_refused_by_discord_is_one_sentence(
     ]
     assert "Traceback" not in err and SECRET not in err
     assert emulator.requests[-1].status == 401
+
+
+async def test_ask_speak_writes_the_spoken_answer(
+    tiny_tts_engine: TTSEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    loaded: list[TTSConfig] = []
+
+    def load(config: TTSConfig) -> TTSEngine:  # the real checkpoint can't be downloaded here
+        loaded.append(config)
+        return tiny_tts_engine
+
+    monkeypatch.setattr(TTSEngine, "load", load)
+    monkeypatch.setenv("TTS_MODEL", "parler-tts/parler-tts-mini-v1")
+    monkeypatch.setenv("TTS_DEVICE", "cpu")
+    out = tmp_path / "answer.wav"
+    code = await asyncio.to_thread(main, ["ask", "Should I adopt a dog?", "--speak", str(out)])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert printed[-1] == f"Spoken answer written to {out}"
+    answer = printed[0].removeprefix("Answer: ")
+    assert (loaded[0].model, loaded[0].device) == ("parler-tts/parler-tts-mini-v1", "cpu")
+    with wave.open(str(out)) as wav:
+        frames = wav.readframes(wav.getnframes())
+        assert wav.getframerate() == tiny_tts_engine.sample_rate
+    spoken = np.frombuffer(frames, "<i2") / 32767
+    expected = tiny_tts_engine.synthesize(answer, Voice(Settings().tts_voice_description, 42))
+    assert spoken.size == expected.size > 0
+    assert np.allclose(spoken, expected, atol=2e-4)  # the same voice and seed: the same audio
