@@ -41,6 +41,16 @@ class Scene:
     async def command(self, name: str, options: dict[str, Any] | None = None, user: MemberState | None = None):
         return await self.emu.slash_command(self.guild.id, self.text.id, (user or self.alice).id, name, options)
 
+    async def post_voice_message(self, recording: bytes, channel: ChannelState | None = None) -> MessageRecord:
+        """alice posts `recording` (OGG/Opus) as a native voice message in #general, or in `channel`."""
+        return await self.emu.post_message(
+            (channel or self.text).id,
+            self.alice.id,
+            attachments=[("voice-message.ogg", recording, "audio/ogg")],
+            voice=True,
+            duration_secs=1.5,
+        )
+
     def bot_messages(self) -> list[MessageRecord]:
         """Messages the bot posted in #general (not interaction responses)."""
         return [m for m in self.emu.channel_messages(self.text.id) if m.author == self.emu.bot and m.webhook_id is None]

@@ -188,13 +188,7 @@ async def test_context_menu_answers_a_voice_message(
 ) -> None:
     settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr", message_content_intent=message_content)
     async with running_bot(scene.emu, settings, tts=SineEngine()):
-        asked = await scene.emu.post_message(
-            scene.text.id,
-            scene.alice.id,
-            attachments=[("voice-message.ogg", spoken_question(ffmpeg), "audio/ogg")],
-            voice=True,
-            duration_secs=1.5,
-        )
+        asked = await scene.post_voice_message(spoken_question(ffmpeg))
         record = await scene.emu.message_command(
             scene.guild.id, scene.text.id, scene.mod.id, "Ask the Magic 8 Ball", asked
         )

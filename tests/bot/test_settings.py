@@ -65,14 +65,12 @@ async def test_voice_messages_are_answered_in_listening_channels(
 ) -> None:
     quiet = scene.guild.add_text_channel("quiet")
     settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr")
-    recording = [("voice-message.ogg", spoken_question(ffmpeg), "audio/ogg")]
+    recording = spoken_question(ffmpeg)
     async with running_bot(scene.emu, settings, tts=SineEngine()):
         enabled = await scene.command("channels enable", {}, user=scene.mod)
         await enabled.wait_for(lambda r: r.followups, 10)
-        await scene.emu.post_message(quiet.id, scene.alice.id, attachments=recording, voice=True, duration_secs=1.5)
-        asked = await scene.emu.post_message(
-            scene.text.id, scene.alice.id, attachments=recording, voice=True, duration_secs=1.5
-        )
+        await scene.post_voice_message(recording, quiet)
+        asked = await scene.post_voice_message(recording)
 
         def reply_to(message_id: int, voice: bool) -> object:
             return lambda m: (

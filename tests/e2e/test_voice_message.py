@@ -25,13 +25,7 @@ async def test_voice_message_in_a_listening_channel_gets_a_voice_reply(
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, _):
         enable = await scene.command("channels enable", user=scene.mod)
         await enable.wait_for(lambda r: r.followups, 30)
-        asked = await scene.emu.post_message(
-            scene.text.id,
-            scene.alice.id,
-            attachments=[("voice-message.ogg", spoken_question(ffmpeg), "audio/ogg")],
-            voice=True,
-            duration_secs=1.5,
-        )
+        asked = await scene.post_voice_message(spoken_question(ffmpeg))
         voice_message = await scene.emu.wait_for_message(scene.text.id, lambda m: m.voice, 60)
         reply = await scene.emu.wait_for_message(
             scene.text.id, lambda m: m.author == scene.emu.bot and m.embeds and not m.voice, 60
