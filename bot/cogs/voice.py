@@ -201,6 +201,21 @@ class VoiceCog(commands.Cog, name="Voice"):
             await self.leave(guild)
 
     @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """A new gateway session ends Discord's voice sessions: rejoin the channels the bot was speaking in."""
+        for guild_id, channel_id in list(self._channels.items()):
+            guild = self.bot.get_guild(guild_id)
+            channel = guild.get_channel(channel_id) if guild is not None else None
+            if guild is None or guild.voice_client is not None or not isinstance(channel, VoiceChannel):
+                continue
+            log.info("New gateway session: rejoining voice channel %s", channel_id)
+            try:
+                await self.join(channel)
+            except (discord.ClientException, asyncio.TimeoutError) as exc:
+                log.warning("Rejoining voice channel %s failed: %s", channel_id, exc)
+                await self._drop(guild_id)
+
+    @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         log.info("Removed from guild %s", guild.id)
         await self._drop(guild.id)
