@@ -250,6 +250,8 @@ class RestApi:
             guild = self.emu.world.guild_of_channel(int(channel_id))
         except KeyError:
             raise HttpError(404, "Unknown Channel", 10003) from None
+        if self.emu.world.bot.id not in guild.members:  # removed from the guild
+            raise HttpError(403, "Missing Access", 50001)
         permissions = guild.permissions_for(self.emu.world.bot.id, int(channel_id))
         if not all(getattr(permissions, name) for name in ("view_channel", *needed)):
             raise HttpError(403, "Missing Permissions", 50013)

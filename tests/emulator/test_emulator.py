@@ -122,9 +122,13 @@ async def test_login_ready_and_guild_create_fill_the_cache(emulator: DiscordEmul
         later.add_text_channel("late-general")
         await _until(lambda: client.get_guild(later.id) is not None)
         assert [c.name for c in client.get_guild(later.id).channels] == ["late-general"]
+        channel_id = next(iter(later.channels))
         await emulator.remove_bot_from_guild(later.id)
         await _until(lambda: client.get_guild(later.id) is None)
         assert emulator.gateway.identifies == 1
+        with pytest.raises(discord.Forbidden) as refused:
+            await client.http.send_message(channel_id, params=discord.http.handle_message_parameters("hello?"))
+        assert refused.value.code == 50001
 
 
 async def test_wrong_token_is_refused(emulator: DiscordEmulator) -> None:
