@@ -56,7 +56,7 @@ class TTSConfig:
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
-    first_chunk_s: float = 0.35
+    first_chunk_s: float = 0.25
     chunk_s: float = 1.0
     context_frames: int = 8
     queue_size: int = 16
