@@ -172,7 +172,7 @@ async def test_cooldown_says_how_long_to_wait(scene: Scene, tmp_path: Path) -> N
 async def test_guild_concurrency_is_bounded(scene: Scene, tmp_path: Path, fake_inference: FakeInference) -> None:
     settings = make_settings(tmp_path, llm_base_url=f"{fake_inference.url}/llm", guild_concurrency=1)
     async with running_bot(scene.emu, settings, oracle=build_oracle(settings)):
-        fake_inference.slow(1.0)
+        fake_inference.slow(3.0)  # the first question stays in flight while the second arrives
         first = await scene.ask("Slow one?")
         await first.wait_for(lambda r: r.deferred, 10)
         refusal = await ephemeral_reply(await scene.ask("Me too?", user=scene.mod))
