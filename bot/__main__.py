@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             "MESSAGE_CONTENT_INTENT=true needs the Message Content intent: switch it on in the Discord Developer "
             "Portal (Bot → Privileged Gateway Intents) or set MESSAGE_CONTENT_INTENT=false."
         )
+    except OSError as exc:  # an unreadable --audio file, an unwritable --speak path, an unreachable model hub
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     except (InferenceError, AudioInputError, TranscriptionUnavailable) as exc:
         message = f"{exc.user_message} ({type(exc).__name__})"
     print(f"error: {message}", file=sys.stderr)

@@ -167,3 +167,10 @@ async def test_ask_speak_writes_the_spoken_answer(
     expected = tiny_tts_engine.synthesize(answer, Voice(Settings().tts_voice_description, 42))
     assert spoken.size == expected.size > 0
     assert np.allclose(spoken, expected, atol=2e-4)  # the same voice and seed: the same audio
+
+
+def test_unreadable_audio_file_is_one_sentence(tmp_path: Path) -> None:
+    result = run_cli("ask", "--audio", str(tmp_path / "missing.ogg"), env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: [Errno 2] No such file or directory: '{tmp_path / 'missing.ogg'}'"
