@@ -141,7 +141,7 @@ class MagicBot(commands.Bot):
         self.settings = settings
         self.oracle = oracle
         self.transcriber = transcriber
-        self.store = GuildStore(settings.database_url)
+        self.store = GuildStore(settings.database_url.get_secret_value())
         self.admission = Admission(settings.cooldown_seconds, settings.guild_concurrency)
         self.speech: SpeechScheduler | None = None
         self.sample_rate = 0

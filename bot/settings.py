@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = None
     message_content_intent: bool = False
-    database_url: str = "sqlite+aiosqlite:///magic8ball.db"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///magic8ball.db")  # may hold a PostgreSQL password
 
     # Hugging Face Inference API / self-hosted servers
     hf_token: SecretStr | None = None
@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     guild_concurrency: int = Field(3, ge=1)
     # Added by the bot helper: how long to wait for a dropped voice connection to come back before moving on.
     voice_reconnect_seconds: float = Field(20.0, gt=0)
+
+    # Graceful shutdown: on SIGTERM, seconds until the process has exited (answers in flight get two thirds).
+    shutdown_seconds: float = Field(15.0, gt=0)
 
 
 @lru_cache(maxsize=1)
