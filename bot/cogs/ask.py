@@ -25,6 +25,7 @@ from audio.tts import Voice
 from bot.discord_io import EMBED_COLOUR, audio_file, can_send_voice_messages, send_voice_message, tell
 from bot.playback import GuildPlayer, Outcome, QueueFull
 from bot.services import audio_limits
+from bot.shutdown import REFUSAL
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -116,6 +117,8 @@ def audio_problem(attachment: discord.Attachment, bot: MagicBot) -> str | None:
 
 def admit(bot: MagicBot, guild_id: int, member_id: int) -> str | None:
     """Let a question in (then `bot.admission.release(guild_id)` when done), or say why not."""
+    if bot.closing:
+        return REFUSAL
     player = bot.voice.player(guild_id)
     if player is not None and player.full:
         return f"{player.pending} answers are already waiting to be spoken here; ask again in a moment."
@@ -149,7 +152,8 @@ class Question:
     async def answer(self) -> None:
         """Run the whole pipeline; Discord failures (e.g. the bot was removed) are logged, not raised."""
         try:
-            await self._answer()
+            with self.bot.in_flight.track(self.reply.fail):  # a shutdown that can't wait for it tells the asker
+                await self._answer()
         except discord.HTTPException as exc:
             log.warning("Answering a question in guild %s failed: %s", self.guild_id, exc)
         finally:
