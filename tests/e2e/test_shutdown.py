@@ -4,59 +4,20 @@ answer is in flight: new questions are refused, the one in flight ends with one 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from bot.settings import Settings
 from bot.shutdown import CANNOT_FINISH, REFUSAL
 from bot.store import GuildStore
 from tests.bot.conftest import Scene
-from tests.emulator import server as emulator_server
+from tests.fakes.bot_process import spawn
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
 SHUTDOWN_SECONDS = 9
-
-
-@asynccontextmanager
-async def bot_process(scene: Scene, tmp_path: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m bot` against the scene's emulator, ready (it synced its commands); killed if still running."""
-    ca = tmp_path / "emulator-ca.pem"
-    emulator_server._tls()[0].cert_pem.write_to_path(str(ca))
-    clean = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.fakes.bot_process",
-        cwd=tmp_path,
-        env={
-            **clean,
-            "PYTHONPATH": str(ROOT),
-            "EMULATOR_API": scene.emu.api_url,
-            "EMULATOR_GATEWAY": scene.emu.gateway_url,
-            "EMULATOR_CA": str(ca),
-            "DISCORD_TOKEN": scene.emu.token,
-            "TTS_ENABLED": "false",
-            "COOLDOWN_SECONDS": "0",
-            **env,
-        },
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        await scene.emu.wait_for(lambda: scene.emu.command_syncs, 60, "the bot process to sync its commands")
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_sigterm_mid_answer_on_postgresql(
@@ -67,7 +28,8 @@ async def test_sigterm_mid_answer_on_postgresql(
         "LLM_BASE_URL": f"{fake_inference.url}/llm",
         "SHUTDOWN_SECONDS": str(SHUTDOWN_SECONDS),
     }
-    async with bot_process(scene, tmp_path, env) as process:
+    async with spawn(scene.emu, tmp_path, env) as process:
+        await scene.emu.wait_for(lambda: scene.emu.command_syncs, 60, "the bot process to sync its commands")
         chosen = await scene.command("voice set", {"preset": "Laura"}, user=scene.mod)
         await chosen.wait_for(lambda r: r.callback or r.edits, 30)
 
@@ -76,7 +38,7 @@ async def test_sigterm_mid_answer_on_postgresql(
         await joined.wait_for(lambda r: r.edits, 30)
         assert joined.edits[-1].body["content"].startswith("🔊 Joined")
 
-        fake_inference.slow(120)  # the oracle never answers in time
+        fake_inference.slow(2 * SHUTDOWN_SECONDS)  # the oracle answers only after the bot has gone
         pending = await scene.ask("Will the restart go well?")
         await scene.emu.wait_for(lambda: fake_inference.requests, 30, "the question to reach the oracle")
 
