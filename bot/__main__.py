@@ -69,12 +69,12 @@ async def ask(settings: Settings, question: str | None, audio: Path | None, spea
     answer = await build_oracle(settings).answer(question)
     print(f"Answer: {answer}")
     if speak is not None:
-        from audio.tts import TTSEngine, Voice
+        from audio.speech import Voice, load_engine, synthesize
         from bot.services import tts_config
 
-        engine = await asyncio.to_thread(TTSEngine.load, tts_config(settings))
+        engine = await asyncio.to_thread(load_engine, tts_config(settings))
         voice = Voice(settings.tts_voice_description, settings.tts_seed)
-        samples = await asyncio.to_thread(engine.synthesize, answer, voice)
+        samples = await asyncio.to_thread(synthesize, engine, answer, voice)
         write_wav(speak, samples, engine.sample_rate)
         print(f"Spoken answer written to {speak}")
 

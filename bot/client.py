@@ -9,7 +9,7 @@ import math
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 import discord
@@ -21,7 +21,7 @@ from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.tts import SpeechEngine, SpeechScheduler, TTSEngine, Voice
+from audio.speech import SpeechEngine, SpeechScheduler, Voice, load_engine
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.discord_io import NO_PINGS, tell
 from bot.presets import PRESETS
@@ -37,12 +37,6 @@ log = logging.getLogger(__name__)
 COGS = ("ask", "voice", "voice_messages", "settings")
 CHARS_PER_SECOND = 14.0  # rough speaking rate, to estimate an answer's length before it is synthesised
 _PERMISSION_NAMES = {"manage_guild": "Manage Server"}
-
-
-class Engine(SpeechEngine, Protocol):
-    """A speech engine as the bot uses it (`audio.tts.TTSEngine`, or a test double)."""
-
-    sample_rate: int
 
 
 class VoiceStatus(enum.Enum):
@@ -127,7 +121,7 @@ class MagicBot(commands.Bot):
         *,
         oracle: Oracle,
         transcriber: Transcriber,
-        tts: Engine | None = None,
+        tts: SpeechEngine | None = None,
         connector: aiohttp.BaseConnector | None = None,
     ) -> None:
         super().__init__(
@@ -169,15 +163,20 @@ class MagicBot(commands.Bot):
 
     async def _load_tts(self) -> None:
         try:
-            engine = await asyncio.to_thread(TTSEngine.load, tts_config(self.settings))
+            engine = await asyncio.to_thread(load_engine, tts_config(self.settings))
         except Exception:
             log.exception("Loading the TTS model failed; answers stay text only")
             self.voice_status = VoiceStatus.FAILED
         else:
             self._use_engine(engine)
 
-    def _use_engine(self, engine: Engine) -> None:
-        self.speech = SpeechScheduler(engine, self.settings.tts_queue_size)
+    def _use_engine(self, engine: SpeechEngine) -> None:
+        self.speech = SpeechScheduler(
+            engine,
+            queue_size=self.settings.tts_queue_size,
+            queue_per_key=self.settings.tts_queue_per_guild,
+            slots_per_key=self.settings.tts_slots_per_guild,
+        )
         self.sample_rate = engine.sample_rate
         self.voice_status = VoiceStatus.READY
         log.info("The voice is ready (%s Hz)", engine.sample_rate)
@@ -230,7 +229,7 @@ def build_bot(
     connector: aiohttp.BaseConnector | None = None,
     oracle: Oracle | None = None,
     transcriber: Transcriber | None = None,
-    tts: Engine | None = None,
+    tts: SpeechEngine | None = None,
 ) -> MagicBot:
     """The bot with its services; tests inject fakes (a TTS engine given here skips the background load)."""
     return MagicBot(

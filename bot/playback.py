@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from audio.source import StreamingSource
-from audio.tts import Voice
+from audio.speech import Voice
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from audio.oracle import Oracle, OracleConfig
 from bot.settings import Settings
 
 if TYPE_CHECKING:
-    from audio.tts import TTSConfig
+    from audio.speech import TTSConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,11 @@ def build_transcriber(settings: Settings) -> Transcriber:
 
 def tts_config(settings: Settings) -> TTSConfig:
     """The Parler-TTS engine configuration (imported lazily: text-only paths never load torch)."""
-    from audio.tts import TTSConfig
+    from audio.speech import TTSConfig
 
     return TTSConfig(
         model=settings.tts_model,
         device=settings.tts_device,
         dtype=settings.tts_dtype,
         attn_implementation=settings.tts_attn_implementation,
-        queue_size=settings.tts_queue_size,
     )

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     tts_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     tts_attn_implementation: Literal["eager", "sdpa"] = "sdpa"
     tts_queue_size: int = Field(16, ge=1)
+    # One guild's share of the speech engine: answers waiting, and answers generating at once.
+    tts_queue_per_guild: int = Field(4, ge=1)
+    tts_slots_per_guild: int = Field(2, ge=1)
 
     # Audio tooling
     ffmpeg_path: Path | None = None

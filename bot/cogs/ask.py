@@ -21,7 +21,7 @@ from discord.ext import commands
 from audio.asr import TranscriptionUnavailable
 from audio.formats import AudioInputError, check_size
 from audio.inference import InferenceError
-from audio.tts import Voice
+from audio.speech import Voice
 from bot.discord_io import EMBED_COLOUR, audio_file, can_send_voice_messages, send_voice_message, tell
 from bot.playback import GuildPlayer, Outcome, QueueFull
 from bot.services import audio_limits

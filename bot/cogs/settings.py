@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from audio.tts import Voice
+from audio.speech import Voice
 from bot.discord_io import audio_file, tell
 from bot.presets import find_preset, search_presets
 

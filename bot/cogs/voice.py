@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from audio.tts import SpeechStream, TTSError, Voice
+from audio.speech import SpeechStream, TTSError, Voice
 from bot.discord_io import tell
 from bot.playback import GuildPlayer, VoiceLink
 

@@ -14,7 +14,8 @@ import pytest
 
 from audio.asr import Transcriber
 from audio.oracle import Oracle, OracleConfig
-from bot.client import Engine, MagicBot, build_bot
+from audio.speech import SpeechEngine
+from bot.client import MagicBot, build_bot
 from bot.settings import Settings
 from tests.emulator import DiscordEmulator, GuildState
 from tests.emulator.fixtures import emulator  # noqa: F401  (the fixture)
@@ -83,7 +84,7 @@ async def running_bot(
     emu: DiscordEmulator,
     settings: Settings,
     *,
-    tts: Engine | None = None,
+    tts: SpeechEngine | None = None,
     oracle: Oracle | None = None,
     transcriber: Transcriber | None = None,
 ) -> AsyncIterator[MagicBot]:

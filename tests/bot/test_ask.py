@@ -13,7 +13,7 @@ import pytest
 from audio.asr import TranscriptionUnavailable
 from audio.inference import AuthError, CreditsExhausted, InferenceError, InferenceTimeout, ModelBusy, ProviderError
 from audio.oracle import CLASSIC_ANSWERS
-from audio.tts import TTSConfig, TTSEngine
+from audio.speech import TTSConfig
 from bot.client import VoiceStatus
 from bot.services import build_oracle
 from tests.bot.conftest import Scene, make_settings, running_bot
@@ -223,7 +223,7 @@ async def test_voice_warms_up_in_the_background(scene: Scene, tmp_path: Path, mo
         assert loaded.wait(30)
         return engine
 
-    monkeypatch.setattr(TTSEngine, "load", slow_load)
+    monkeypatch.setattr("bot.client.load_engine", slow_load)
     async with running_bot(scene.emu, make_settings(tmp_path, tts_enabled=True)) as bot:
         record = await scene.ask("Are you awake?")
         await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from audio.oracle import CLASSIC_ANSWERS
-from audio.tts import TTSConfig, TTSEngine, Voice
+from audio.speech import TTSConfig, Voice
+from audio.speech.reference import TTSEngine
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
 from tests.emulator import DiscordEmulator

@@ -23,7 +23,8 @@ import torch
 from parler_tts import ParlerTTSForConditionalGeneration
 
 from audio.source import FRAME_SECONDS, StreamingSource
-from audio.tts import TTSConfig, TTSEngine
+from audio.speech import TTSConfig
+from audio.speech.reference import TTSEngine
 from bot.client import MagicBot
 from bot.services import build_oracle
 from bot.settings import Settings

@@ -9,7 +9,7 @@ from typing import Any
 import discord
 import pytest
 
-from audio.tts import TTSEngine
+from audio.speech.reference import TTSEngine
 from tests.bot.conftest import Scene
 from tests.bot.test_ask import final_embed
 from tests.e2e.harness import answered, assert_played_whole, build_scene, heard, join, serving

@@ -10,7 +10,7 @@ import pytest
 
 from audio.inference import ModelBusy, ProviderError
 from audio.source import FRAME_SECONDS
-from audio.tts import TTSEngine
+from audio.speech.reference import TTSEngine
 from tests.bot.conftest import Scene
 from tests.bot.doubles import until
 from tests.bot.test_ask import ephemeral_reply, fields, final_embed

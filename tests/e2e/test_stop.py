@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from audio.source import FRAME_SECONDS
-from audio.tts import TTSEngine
+from audio.speech.reference import TTSEngine
 from bot.playback import GuildPlayer
 from tests.bot.conftest import Scene
 from tests.bot.test_ask import final_embed

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from audio.tts import TTSEngine, Voice
+from audio.speech import Voice
+from audio.speech.reference import TTSEngine
 from audio.voice_message import waveform
 from tests.audio.test_source import decode
 from tests.bot.conftest import Scene
