@@ -118,8 +118,8 @@ class MagicTree(app_commands.CommandTree):
         await tell(interaction, sentence)
 
 
-class MagicBot(commands.Bot):
-    """The Magic 8 Ball bot."""
+class MagicBot(commands.AutoShardedBot):
+    """The Magic 8 Ball bot: the shards SHARD_COUNT and SHARD_IDS name (all of Discord's recommendation by default)."""
 
     def __init__(
         self,
@@ -137,6 +137,8 @@ class MagicBot(commands.Bot):
             intents=bot_intents(settings),
             allowed_mentions=NO_PINGS,
             connector=connector,
+            shard_count=settings.shard_count,
+            shard_ids=list(settings.shard_ids) if settings.shard_ids is not None else None,
         )
         self.settings = settings
         self.oracle = oracle
