@@ -24,6 +24,8 @@ from audio.source import StreamingSource
 from audio.tts import SpeechEngine, SpeechScheduler, TTSEngine, Voice
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.discord_io import NO_PINGS, tell
+from bot.logs import guild_context, setup_logging
+from bot.monitoring import MeteredEngine, MonitoringServer
 from bot.presets import PRESETS
 from bot.services import build_oracle, build_transcriber, tts_config
 from bot.settings import Settings
@@ -102,7 +104,11 @@ class Admission:
 
 
 class MagicTree(app_commands.CommandTree):
-    """Answers every command error with one ephemeral sentence."""
+    """Answers every command error with one ephemeral sentence; tags the command's log lines with its guild."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        guild_context.set(interaction.guild_id)  # for the rest of this interaction's task and the tasks it starts
+        return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.MissingPermissions):
@@ -151,6 +157,7 @@ class MagicBot(commands.AutoShardedBot):
         self.ffmpeg = ""
         self._engine = tts
         self._tts_loader: asyncio.Task[None] | None = None
+        self.monitoring = MonitoringServer(self)
 
     @property
     def voice(self) -> VoiceCog:
@@ -158,6 +165,8 @@ class MagicBot(commands.AutoShardedBot):
         return cast("VoiceCog", self.get_cog("Voice"))
 
     async def setup_hook(self) -> None:
+        if self.settings.metrics_port is not None:
+            await self.monitoring.start(self.settings.metrics_host, self.settings.metrics_port)
         self.ffmpeg = await asyncio.to_thread(ffmpeg_exe, self.settings.ffmpeg_path)
         await self.store.open()
         for name in COGS:
@@ -179,7 +188,7 @@ class MagicBot(commands.AutoShardedBot):
             self._use_engine(engine)
 
     def _use_engine(self, engine: Engine) -> None:
-        self.speech = SpeechScheduler(engine, self.settings.tts_queue_size)
+        self.speech = SpeechScheduler(MeteredEngine(engine), self.settings.tts_queue_size)
         self.sample_rate = engine.sample_rate
         self.voice_status = VoiceStatus.READY
         log.info("The voice is ready (%s Hz)", engine.sample_rate)
@@ -205,6 +214,7 @@ class MagicBot(commands.AutoShardedBot):
         if self.speech is not None:
             await self.speech.close()
         await self.store.close()
+        await self.monitoring.stop()
 
     async def guild_voice(self, guild_id: int) -> Voice:
         """The voice this guild chose with /voice set, or the configured default."""
@@ -246,7 +256,7 @@ def build_bot(
 
 def run(settings: Settings) -> None:
     """Run the bot until it is stopped (Ctrl+C or SIGTERM)."""
-    discord.utils.setup_logging(level=logging.getLevelName(settings.log_level.upper()))
+    setup_logging(settings.log_level, settings.log_format)
     assert settings.discord_token is not None
 
     async def main() -> None:

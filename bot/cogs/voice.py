@@ -57,6 +57,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         self._players: dict[int, GuildPlayer] = {}
         self._channels: dict[int, int] = {}  # guild id → the voice channel the bot means to be in
 
+    @property
+    def answers_queued(self) -> int:
+        """Answers waiting or being spoken in all the guilds' players."""
+        return sum(player.pending + player.busy for player in self._players.values())
+
     def player(self, guild_id: int) -> GuildPlayer | None:
         """The guild's player while the bot is in one of its voice channels."""
         return self._players.get(guild_id) if guild_id in self._channels else None
