@@ -48,9 +48,7 @@ def refresh_gauges(bot: MagicBot) -> None:
         if math.isfinite(latency):  # infinite until the shard's first heartbeat was acknowledged
             GATEWAY_LATENCY.labels(shard=str(shard_id)).set(latency)
     SHARDS_CONNECTED.set(sum(not shard.is_closed() for shard in bot.shards.values()))
-    VOICE_CONNECTIONS.set(
-        sum(isinstance(vc, discord.VoiceClient) and vc.is_connected() for vc in bot.voice_clients)
-    )
+    VOICE_CONNECTIONS.set(sum(isinstance(vc, discord.VoiceClient) and vc.is_connected() for vc in bot.voice_clients))
     PLAYER_QUEUE.set(bot.voice.answers_queued if bot.voice is not None else 0)
     SPEECH_QUEUE.set(bot.speech.waiting if bot.speech is not None else 0)
 

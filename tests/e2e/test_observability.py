@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.client import MagicBot
+from bot.client import MagicBot, VoiceStatus
 from bot.logs import JsonFormatter
 from tests.bot.conftest import Scene, make_settings, running_bot
 from tests.bot.doubles import SineEngine, until
@@ -129,15 +129,23 @@ async def test_healthz_follows_the_gateway_and_the_store(scene: Scene, tmp_path:
         assert await health(http, bot) == (200, {"status": "ok", "failing": {}})
         async with scene.emu.gateway_down():
             body = await poll_health(http, bot, lambda status: status == 503)
-            assert body == {"status": "unhealthy", "failing": {"shards": "Not connected to the Discord gateway: shard 0."}}
+            assert body == {
+                "status": "unhealthy",
+                "failing": {"shards": "Not connected to the Discord gateway: shard 0."},
+            }
         await poll_health(http, bot, lambda status: status == 200)
         assert (scene.emu.gateway.resumes, scene.emu.gateway.identifies) == (1, 1)
 
         metrics = await scrape(http, bot)
         assert value(metrics, "magic8ball_shards_connected") == 1
+        bot.voice_status = VoiceStatus.LOADING
+        assert await health(http, bot) == (503, {"status": "unhealthy", "failing": {"tts": VoiceStatus.LOADING.value}})
+        bot.voice_status = VoiceStatus.READY
         await bot.store.close()  # the database is gone
-        status, body = await health(http, bot)
-        assert status == 503 and list(body["failing"]) == ["store"]
+        assert await health(http, bot) == (
+            503,
+            {"status": "unhealthy", "failing": {"store": "The database does not answer."}},
+        )
 
 
 async def test_logs_are_json_lines_with_the_guild_and_never_the_question(scene: Scene, tmp_path: Path) -> None:
