@@ -37,7 +37,7 @@ async def emulator() -> AsyncIterator[DiscordEmulator]:
     async with DiscordEmulator(heartbeat_interval_ms=100) as emu:
         with emu.patch():
             yield emu
-    assert not emu.internal_errors
+    assert not emu.internal_errors and not emu.gateway.misrouted
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ Records:
 Shards: each IDENTIFY's ``shard`` [id, count] opens that shard's session (``emu.gateway.sessions[id]``;
 ``emu.gateway.session`` is shard 0's, an unsharded client's only one). A guild belongs to shard
 ``(guild_id >> 22) % count``: READY, GUILD_CREATE, every event of the guild, its interactions and its voice
-(op 4 answers) go to that shard's session only. Counters (identifies, resumes, ...) add up all shards.
+(op 4 answers) go to that shard's session only; op 4 or 8 about a guild sent on another shard's connection is
+ignored and kept in ``emu.gateway.misrouted``. Counters (identifies, resumes, ...) add up all shards.
 
 Faults:
     emu.fail_rest(method, path_regex, status=500|429, times=1, retry_after=0.1, is_global=False)

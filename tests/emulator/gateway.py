@@ -125,6 +125,7 @@ class Gateway:
         self.heartbeats = 0
         self.close_codes: list[int] = []
         self.received: list[Json] = []
+        self.misrouted: list[Json] = []  # guild frames (op 4, op 8) sent on another shard's connection: ignored
 
     @property
     def session(self) -> GatewaySession | None:
@@ -222,11 +223,18 @@ class Gateway:
             await self._identify(connection, data)
         elif op == 6:
             self._resume(connection, data)
+        elif op in (4, 8) and not self._routed(connection, int(data["guild_id"])):
+            self.misrouted.append(frame)
         elif op == 4:
             await self._on_voice_request(data)
         elif op == 8:
             self._request_members(data)
         self._notifier.notify()
+
+    def _routed(self, connection: _Connection, guild_id: int) -> bool:
+        """Whether a frame about the guild came on its shard's connection."""
+        session = self.session_for(guild_id)
+        return session is not None and session.connection is connection
 
     async def _identify(self, connection: _Connection, data: Json) -> None:
         if data.get("token") != self._token:
