@@ -87,7 +87,7 @@ async def poll_health(
 
 async def test_metrics_count_what_happened(scene: Scene, tmp_path: Path) -> None:
     async with (
-        running_bot(scene.emu, monitored(tmp_path), tts=SineEngine(seconds_per_char=0.2)) as bot,
+        running_bot(scene.emu, monitored(tmp_path), tts=SineEngine(seconds_per_char=0.4)) as bot,
         aiohttp.ClientSession() as http,
     ):
         spy = SourceSpy(bot)
