@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ValidationError as exc:
         fields = ", ".join(str(err["loc"][0]).upper() for err in exc.errors() if err["loc"])
-        message = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
+        reasons = [str(err["ctx"]["error"]) for err in exc.errors() if err["type"] == "value_error"]
+        generic = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
+        message = reasons[0] if reasons else generic
     except (UsageError, FFmpegUnavailable) as exc:
         message = str(exc)
     except discord.LoginFailure:

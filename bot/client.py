@@ -24,6 +24,8 @@ from audio.source import StreamingSource
 from audio.speech import SpeechEngine, SpeechScheduler, Voice, load_engine
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.discord_io import NO_PINGS, tell
+from bot.logs import guild_context, setup_logging
+from bot.monitoring import MonitoringServer
 from bot.presets import PRESETS
 from bot.services import build_oracle, build_transcriber, tts_config
 from bot.settings import Settings
@@ -96,7 +98,11 @@ class Admission:
 
 
 class MagicTree(app_commands.CommandTree):
-    """Answers every command error with one ephemeral sentence."""
+    """Answers every command error with one ephemeral sentence; tags the command's log lines with its guild."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        guild_context.set(interaction.guild_id)  # for the rest of this interaction's task and the tasks it starts
+        return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.MissingPermissions):
@@ -112,8 +118,8 @@ class MagicTree(app_commands.CommandTree):
         await tell(interaction, sentence)
 
 
-class MagicBot(commands.Bot):
-    """The Magic 8 Ball bot."""
+class MagicBot(commands.AutoShardedBot):
+    """The Magic 8 Ball bot: the shards SHARD_COUNT and SHARD_IDS name (all of Discord's recommendation by default)."""
 
     def __init__(
         self,
@@ -131,6 +137,8 @@ class MagicBot(commands.Bot):
             intents=bot_intents(settings),
             allowed_mentions=NO_PINGS,
             connector=connector,
+            shard_count=settings.shard_count,
+            shard_ids=list(settings.shard_ids) if settings.shard_ids is not None else None,
         )
         self.settings = settings
         self.oracle = oracle
@@ -143,6 +151,7 @@ class MagicBot(commands.Bot):
         self.ffmpeg = ""
         self._engine = tts
         self._tts_loader: asyncio.Task[None] | None = None
+        self.monitoring = MonitoringServer(self)
 
     @property
     def voice(self) -> VoiceCog:
@@ -150,6 +159,8 @@ class MagicBot(commands.Bot):
         return cast("VoiceCog", self.get_cog("Voice"))
 
     async def setup_hook(self) -> None:
+        if self.settings.metrics_port is not None:
+            await self.monitoring.start(self.settings.metrics_host, self.settings.metrics_port)
         self.ffmpeg = await asyncio.to_thread(ffmpeg_exe, self.settings.ffmpeg_path)
         await self.store.open()
         for name in COGS:
@@ -202,6 +213,7 @@ class MagicBot(commands.Bot):
         if self.speech is not None:
             await self.speech.close()
         await self.store.close()
+        await self.monitoring.stop()
 
     async def guild_voice(self, guild_id: int) -> Voice:
         """The voice this guild chose with /voice set, or the configured default."""
@@ -243,7 +255,7 @@ def build_bot(
 
 def run(settings: Settings) -> None:
     """Run the bot until it is stopped (Ctrl+C or SIGTERM)."""
-    discord.utils.setup_logging(level=logging.getLevelName(settings.log_level.upper()))
+    setup_logging(settings.log_level, settings.log_format)
     assert settings.discord_token is not None
 
     async def main() -> None:

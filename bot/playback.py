@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ import numpy as np
 
 from audio.source import StreamingSource
 from audio.speech import Voice
+from bot.metrics import UNDERRUNS, observe
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Utterance:
     result: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     tts_error: BaseException | None = None
     started: bool = False
+    submitted_at: float = field(default_factory=time.perf_counter)  # the answer was ready to be spoken
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.result.done():
@@ -201,7 +204,8 @@ class GuildPlayer:
                 return Outcome.TTS_FAILED  # nothing to play: synthesis or encoding failed before any audio
             if not link.is_connected():
                 return Outcome.DROPPED
-            link.play(source, after=after)
+            link.play(source, after=after)  # discord.py's player thread reads the first frame at once
+            observe("first_voice_packet", time.perf_counter() - utterance.submitted_at)
             playing = utterance.started = True
             if utterance.on_start is not None:
                 try:
@@ -216,6 +220,7 @@ class GuildPlayer:
                 await asyncio.to_thread(source.cleanup)  # discord.py cleans up the sources it played
             elif link.is_playing():
                 link.stop()
+            UNDERRUNS.inc(source.underruns)
         if utterance.tts_error is not None or (source.end_reason or "").startswith(("error", "ffmpeg")):
             return Outcome.TTS_FAILED
         if error is not None or not link.is_connected():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 JENNY_DESCRIPTION = (
     "Jenny speaks at an average pace with a calm delivery in a very confined sounding environment "
@@ -69,6 +70,33 @@ class Settings(BaseSettings):
     guild_concurrency: int = Field(3, ge=1)
     # Added by the bot helper: how long to wait for a dropped voice connection to come back before moving on.
     voice_reconnect_seconds: float = Field(20.0, gt=0)
+
+    # Production: shards of this process (empty count = Discord's recommendation), metrics port, log format.
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _parse_shard_ids(cls, value: object, info: ValidationInfo) -> object:
+        """`0-3` or `4,5` (or both, `0-3,8`) → sorted shard numbers, each below SHARD_COUNT."""
+        if not isinstance(value, str):
+            return value
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("SHARD_IDS needs SHARD_COUNT: set the total number of shards of all processes too.")
+        ids: set[int] = set()
+        for part in value.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+            if first > last or last >= count:
+                raise ValueError(
+                    f"SHARD_IDS must list shard numbers below SHARD_COUNT ({count}) like 0-3 or 4,5, not {value!r}."
+                )
+            ids.update(range(first, last + 1))
+        return tuple(sorted(ids))
 
 
 @lru_cache(maxsize=1)

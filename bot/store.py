@@ -106,3 +106,14 @@ class GuildStore:
     def listening_channels(self, guild_id: int) -> list[int]:
         """The guild's listening channels, sorted."""
         return sorted(c for c, g in self._listening.items() if g == guild_id)
+
+    async def ping(self) -> bool:
+        """Whether the database answers `SELECT 1` now (False when it is closed or unreachable)."""
+        if self._engine is None:
+            return False
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(select(1))
+        except Exception:  # any failure (network, authentication, a broken file) means it does not answer
+            return False
+        return True

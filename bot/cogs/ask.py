@@ -23,6 +23,7 @@ from audio.formats import AudioInputError, check_size
 from audio.inference import InferenceError
 from audio.speech import Voice
 from bot.discord_io import EMBED_COLOUR, audio_file, can_send_voice_messages, send_voice_message, tell
+from bot.metrics import Source, record_question, timed
 from bot.playback import GuildPlayer, Outcome, QueueFull
 from bot.services import audio_limits
 
@@ -145,12 +146,15 @@ class Question:
     guild_id: int
     text: str | None = None
     audio: discord.Attachment | None = None
+    source: Source = "slash"
 
     async def answer(self) -> None:
         """Run the whole pipeline; Discord failures (e.g. the bot was removed) are logged, not raised."""
         try:
-            await self._answer()
+            with timed("answer"):
+                await self._answer()
         except discord.HTTPException as exc:
+            record_question(self.source, "failed")
             log.warning("Answering a question in guild %s failed: %s", self.guild_id, exc)
         finally:
             self.bot.admission.release(self.guild_id)
@@ -159,12 +163,15 @@ class Question:
         try:
             question = self.text or await self._transcribe()
             await self.reply.progress(CONSULTING)
-            answer = await self.bot.oracle.answer(question)
+            with timed("oracle"):
+                answer = await self.bot.oracle.answer(question)
         except (AudioInputError, InferenceError, TranscriptionUnavailable) as exc:
+            record_question(self.source, "failed")
             await self.reply.fail(exc.user_message)
             return
         embed = functools.partial(answer_embed, question, answer, transcribed=self.audio is not None)
         if self.bot.voice_status.value:
+            record_question(self.source, "text_only")
             await self.reply.reveal(embed(note=self.bot.voice_status.value))
             return
         voice = await self.bot.guild_voice(self.guild_id)
@@ -177,10 +184,12 @@ class Question:
         assert self.audio is not None
         await self.reply.progress(LISTENING)
         try:
-            data = await self.audio.read()
+            with timed("download"):
+                data = await self.audio.read()
         except discord.HTTPException as exc:
             raise AudioInputError("I couldn't download that recording; please post it again.") from exc
-        return await self.bot.transcriber.transcribe(data, self.audio.filename)
+        with timed("transcription"):
+            return await self.bot.transcriber.transcribe(data, self.audio.filename)
 
     async def _speak(self, player: GuildPlayer, answer: str, voice: Voice, embed: EmbedMaker) -> bool:
         """Speak the answer in the voice channel, revealing the text when its audio starts.
@@ -196,6 +205,7 @@ class Question:
         outcome = await utterance.result
         if outcome is Outcome.NO_VOICE:
             return False
+        record_question(self.source, "spoken" if outcome is Outcome.SPOKEN else "text_only")
         if outcome is not Outcome.SPOKEN:
             await self.reply.reveal(embed(note=OUTCOME_NOTES[outcome]))
         return True
@@ -207,8 +217,10 @@ class Question:
             message = await self.bot.record(self.guild_id, answer, voice)
         except Exception as exc:
             log.warning("Recording an answer failed: %s", exc)
+            record_question(self.source, "text_only")
             await self.reply.reveal(embed(note=OUTCOME_NOTES[Outcome.TTS_FAILED]))
             return
+        record_question(self.source, "voice_message")
         if can_send_voice_messages(self.reply.permissions):
             anchor = self.reply.anchor() if self.reply.permissions.read_message_history else None
             try:
@@ -272,11 +284,14 @@ class AskCog(commands.Cog, name="Ask"):
     ) -> None:
         """Refuse with an ephemeral sentence, or defer at once and answer."""
         assert interaction.guild_id is not None
+        source: Source = "slash" if asker_message is None else "menu"
         problem = problem or admit(self.bot, interaction.guild_id, interaction.user.id)
         if problem:
+            record_question(source, "refused")
             await tell(interaction, problem)
             return
-        question = Question(self.bot, InteractionReply(interaction, asker_message), interaction.guild_id, text, audio)
+        reply = InteractionReply(interaction, asker_message)
+        question = Question(self.bot, reply, interaction.guild_id, text, audio, source)
         try:
             await interaction.response.defer(thinking=True)
         except discord.HTTPException as exc:

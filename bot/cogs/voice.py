@@ -57,6 +57,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         self._players: dict[int, GuildPlayer] = {}
         self._channels: dict[int, int] = {}  # guild id → the voice channel the bot means to be in
 
+    @property
+    def answers_queued(self) -> int:
+        """Answers waiting or being spoken in all the guilds' players."""
+        return sum(player.pending + player.busy for player in self._players.values())
+
     def player(self, guild_id: int) -> GuildPlayer | None:
         """The guild's player while the bot is in one of its voice channels."""
         return self._players.get(guild_id) if guild_id in self._channels else None
@@ -201,15 +206,18 @@ class VoiceCog(commands.Cog, name="Voice"):
             await self.leave(guild)
 
     @commands.Cog.listener()
-    async def on_ready(self) -> None:
-        """A new gateway session ends Discord's voice sessions: rejoin the channels the bot was speaking in."""
+    async def on_shard_ready(self, shard_id: int) -> None:
+        """A shard's new gateway session ends Discord's voice sessions of its guilds: rejoin the channels the
+        bot was speaking in (dropping the old session's voice clients, which discord.py keeps per shard)."""
         for guild_id, channel_id in list(self._channels.items()):
             guild = self.bot.get_guild(guild_id)
             channel = guild.get_channel(channel_id) if guild is not None else None
-            if guild is None or guild.voice_client is not None or not isinstance(channel, VoiceChannel):
+            if guild is None or guild.shard_id != shard_id or not isinstance(channel, VoiceChannel):
                 continue
             log.info("New gateway session: rejoining voice channel %s", channel_id)
             try:
+                if guild.voice_client is not None:
+                    await guild.voice_client.disconnect(force=True)
                 await self.join(channel)
             except (discord.ClientException, asyncio.TimeoutError) as exc:
                 log.warning("Rejoining voice channel %s failed: %s", channel_id, exc)

@@ -11,6 +11,8 @@ from discord.ext import commands
 
 from bot.cogs.ask import Question, admit, audio_problem
 from bot.discord_io import NO_PINGS
+from bot.logs import guild_context
+from bot.metrics import record_question
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -68,6 +70,7 @@ class VoiceMessagesCog(commands.Cog, name="VoiceMessages"):
             or not self.bot.store.is_listening(message.channel.id)
         ):
             return
+        guild_context.set(guild.id)
         permissions = message.channel.permissions_for(guild.me)
         if not (permissions.send_messages and permissions.read_message_history):
             log.info("Can't reply in listening channel %s: missing permissions", message.channel.id)
@@ -76,10 +79,11 @@ class VoiceMessagesCog(commands.Cog, name="VoiceMessages"):
         audio = message.attachments[0]
         problem = audio_problem(audio, self.bot) or admit(self.bot, guild.id, message.author.id)
         if problem:
+            record_question("voice_message", "refused")
             with contextlib.suppress(discord.HTTPException):
                 await reply.fail(problem)
             return
-        await Question(self.bot, reply, guild.id, audio=audio).answer()
+        await Question(self.bot, reply, guild.id, audio=audio, source="voice_message").answer()
 
 
 async def setup(bot: MagicBot) -> None:

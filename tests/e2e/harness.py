@@ -100,9 +100,10 @@ class SourceSpy:
         bot.new_source = new_source  # type: ignore[method-assign]
 
 
-def build_scene(emu: DiscordEmulator, name: str = "Oracle Guild") -> Scene:
-    """A guild laid out like the `scene` fixture's: #general, the Lounge, a member and a moderator."""
-    guild = emu.add_guild(name)
+def build_scene(emu: DiscordEmulator, name: str = "Oracle Guild", shard: tuple[int, int] | None = None) -> Scene:
+    """A guild laid out like the `scene` fixture's: #general, the Lounge, a member and a moderator (`shard`:
+    `(id, count)` the guild belongs to)."""
+    guild = emu.add_guild(name, shard=shard)
     mods = guild.add_role("Mods", discord.Permissions(manage_guild=True))
     return Scene(
         emu,
