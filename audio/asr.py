@@ -10,20 +10,21 @@ from typing import Literal
 import aiohttp
 from huggingface_hub import AsyncInferenceClient
 
+from audio.errors import UserFacingError
 from audio.formats import AudioInputError, AudioLimits, upload_to_flac
 from audio.inference import ProviderError, RetryPolicy, call_with_retries
 
 
-class TranscriptionUnavailable(RuntimeError):
+class TranscriptionUnavailable(UserFacingError):
     """Voice questions are not possible with this configuration."""
 
-    user_message = (
+    SENTENCE = (
         "Voice questions need speech recognition: the bot owner must set HF_TOKEN or ASR_BASE_URL. "
         "Type your question with /ask instead."
     )
 
     def __init__(self) -> None:
-        super().__init__(self.user_message)
+        super().__init__(self.SENTENCE)
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,16 @@ from dataclasses import dataclass
 import ffmpeg as ffmpeg_python
 import numpy as np
 
+from audio.errors import UserFacingError
+
 ASR_SAMPLE_RATE = 16_000
 _BYTES_PER_SAMPLE = 2  # s16le
 _READ_SIZE = 64 * 1024
 SILENCE_PEAK = 1e-3  # below this peak amplitude (full scale 1.0) a recording counts as silent
 
 
-class AudioInputError(ValueError):
-    """An upload that cannot be used as a question; `user_message` is a sentence for the asker."""
-
-    def __init__(self, user_message: str) -> None:
-        super().__init__(user_message)
-        self.user_message = user_message
+class AudioInputError(UserFacingError):
+    """An upload that cannot be used as a question (the sentence says why)."""
 
 
 @dataclass(frozen=True)

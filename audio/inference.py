@@ -13,37 +13,40 @@ from typing import TypeVar
 import aiohttp
 from huggingface_hub.errors import InferenceTimeoutError
 
+from audio.errors import UserFacingError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class InferenceError(Exception):
-    """An Inference API failure; `user_message` is a sentence fit for the asker."""
+class InferenceError(UserFacingError):
+    """An Inference API failure: `SENTENCE` is for the asker, `detail` (never holding headers) for the logs."""
 
-    user_message = "The oracle's spirits are unreachable right now; please try again later."
+    SENTENCE = "The oracle's spirits are unreachable right now; please try again later."
 
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(detail or self.user_message)
+    def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(self.SENTENCE, retry_after=retry_after)
+        self.detail = detail or type(self).__name__
 
 
 class AuthError(InferenceError):
-    user_message = "The oracle's access token was refused; the bot owner needs to check HF_TOKEN."
+    SENTENCE = "The oracle's access token was refused; the bot owner needs to check HF_TOKEN or the API key."
 
 
 class CreditsExhausted(InferenceError):
-    user_message = "The oracle has used up its inference credits for now; the bot owner needs to top them up."
+    SENTENCE = "The oracle has used up its inference credits for now; the bot owner needs to top them up."
 
 
 class ModelBusy(InferenceError):
-    user_message = "The oracle is busy with other seekers; ask again in a minute."
+    SENTENCE = "The oracle is busy with other seekers; ask again in a minute."
 
 
 class InferenceTimeout(InferenceError):
-    user_message = "The oracle took too long to answer; please ask again."
+    SENTENCE = "The oracle took too long to answer; please ask again."
 
 
 class ProviderError(InferenceError):
-    user_message = "The oracle's provider returned an error; please try again later."
+    SENTENCE = "The oracle's provider returned an error; please try again later."
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def classify(exc: BaseException) -> InferenceError:
         if status == 402:
             return CreditsExhausted("HTTP 402")
         if status in (429, 503):
-            return ModelBusy(f"HTTP {status}")
+            return ModelBusy(f"HTTP {status}", retry_after=_retry_after(exc.headers))
         return ProviderError(f"HTTP {status}")
     if isinstance(exc, aiohttp.ClientError):
         return ProviderError(f"connection failed: {type(exc).__name__}")
@@ -101,11 +104,10 @@ async def call_with_retries(
             error = classify(exc)
             retryable = isinstance(error, (ModelBusy, InferenceTimeout))
             if not retryable or attempt == policy.retries:
-                log.warning("%s failed: %s (%s)", what, type(error).__name__, error)
+                log.warning("%s failed: %s (%s)", what, type(error).__name__, error.detail)
                 raise error from exc
             delay = policy.base_delay * 2**attempt * (1 + random.random() / 4)
-            if isinstance(exc, aiohttp.ClientResponseError):
-                delay = _retry_after(exc.headers) or delay
+            delay = error.retry_after or delay
             if delay > policy.max_delay:
                 raise error from exc
             log.info("%s: %s, retry %d/%d in %.1fs", what, type(error).__name__, attempt + 1, policy.retries, delay)

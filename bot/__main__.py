@@ -14,10 +14,8 @@ import discord
 import numpy as np
 from pydantic import ValidationError
 
-from audio.asr import TranscriptionUnavailable
+from audio.errors import UserFacingError
 from audio.ffmpeg import FFmpegUnavailable
-from audio.formats import AudioInputError
-from audio.inference import InferenceError
 from bot.settings import Settings, get_settings
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
@@ -122,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except OSError as exc:  # an unreadable --audio file, an unwritable --speak path, an unreachable model hub
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    except (InferenceError, AudioInputError, TranscriptionUnavailable) as exc:
-        message = f"{exc.user_message} ({type(exc).__name__})"
+    except UserFacingError as exc:
+        message = f"{exc.sentence} ({type(exc).__name__})"
     print(f"error: {message}", file=sys.stderr)
     return 2
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COGS = ("ask", "voice", "voice_messages", "settings")
+COGS = ("ask", "voice", "voice_messages", "admin")
 CHARS_PER_SECOND = 14.0  # rough speaking rate, to estimate an answer's length before it is synthesised
 _PERMISSION_NAMES = {"manage_guild": "Manage Server"}
 

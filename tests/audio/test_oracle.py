@@ -65,8 +65,8 @@ async def test_http_errors_are_typed_and_not_retried(fake_inference: FakeInferen
     with pytest.raises(error) as info:
         await oracle_for(fake_inference).answer("Will I pass?")
     assert len(fake_inference.requests) == 1
-    assert info.value.user_message
-    assert TOKEN not in str(info.value) and TOKEN not in info.value.user_message
+    assert str(info.value) == info.value.sentence == error.SENTENCE
+    assert TOKEN not in info.value.detail
 
 
 async def test_busy_is_retried_honouring_retry_after(fake_inference: FakeInference) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from audio.source import (
     ProducerMeter,
     StreamingSource,
 )
+from tests.audio.helpers import aligned_correlation, decode
 from tests.fakes.audio_files import speechlike
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,24 +86,6 @@ def ogg_opus(packets: list[bytes], *, max_segments: int = 255) -> bytes:
         + _ogg_pages([tags], [0], seq=1, flags=0, max_segments=max_segments)
         + _ogg_pages(packets, granules, seq=2, flags=0, max_segments=max_segments)
     )
-
-
-def decode(data: bytes, ffmpeg: str, *input_args: str) -> np.ndarray:
-    """Decode with ffmpeg to 48 kHz mono float32."""
-    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", *input_args, "-i", "pipe:0"]
-    cmd += ["-af", "aresample=resampler=soxr", "-ar", "48000", "-ac", "1", "-f", "f32le", "pipe:1"]
-    return np.frombuffer(subprocess.run(cmd, input=data, capture_output=True, check=True).stdout, "<f4")
-
-
-def aligned_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
-    """Pearson correlation of `a` and `b` at their best alignment, and that lag (a[i] ≈ b[i - lag])."""
-    n = len(a) + len(b)
-    cross = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)
-    lag = int(np.argmax(cross))
-    lag = lag - n if lag > len(a) else lag
-    x, y = (a[lag:], b) if lag >= 0 else (a, b[-lag:])
-    m = min(len(x), len(y))
-    return float(np.corrcoef(x[:m], y[:m])[0, 1]), lag
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -7,16 +7,10 @@ from pathlib import Path
 import discord
 import pytest
 
-from tests.bot.conftest import Scene, make_settings, running_bot
 from tests.bot.doubles import SineEngine, until
-from tests.bot.test_ask import ephemeral_reply, fields, final_embed
-from tests.emulator.records import InteractionRecord
+from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, make_settings, running_bot
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def answered(record: InteractionRecord) -> bool:
-    return any(e.body.get("embeds") for e in record.edits)
 
 
 async def join(scene: Scene) -> None:

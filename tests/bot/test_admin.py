@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from bot.presets import PRESETS
-from tests.bot.conftest import Scene, make_settings, running_bot
 from tests.bot.doubles import SineEngine
-from tests.bot.test_ask import ephemeral_reply, fields, spoken_question
+from tests.bot.helpers import Scene, ephemeral_reply, fields, make_settings, running_bot, spoken_question
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(90)
