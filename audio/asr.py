@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 import aiohttp
-from huggingface_hub import AsyncInferenceClient
 
 from audio.errors import UserFacingError
+from audio.ffmpeg import run_ffmpeg_work
 from audio.formats import AudioInputError, AudioLimits, upload_to_flac
-from audio.inference import ProviderError, RetryPolicy, call_with_retries
+from audio.inference import ProviderError, RetryPolicy, call_with_retries, inference_client
 
 
 class TranscriptionUnavailable(UserFacingError):
@@ -40,7 +40,7 @@ class TranscriberConfig:
     provider: str = "hf-inference"
     base_url: str | None = None
     api: Literal["hf", "openai"] = "hf"
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     ffmpeg: str = "ffmpeg"
     limits: AudioLimits = field(default_factory=AudioLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -70,11 +70,11 @@ class Transcriber:
 
     async def _hf(self, flac: bytes) -> str:
         cfg = self.config
-        client = AsyncInferenceClient(provider=cfg.provider, api_key=cfg.token, timeout=cfg.retry.timeout)  # type: ignore[arg-type]
+        client = inference_client(provider=cfg.provider, token=cfg.token, timeout=cfg.retry.timeout)
         # A path gives the request its audio/flac content type; raw bytes would carry none.
         with tempfile.TemporaryDirectory(prefix="asr-") as folder:
             path = Path(folder, "question.flac")
-            path.write_bytes(flac)
+            await run_ffmpeg_work(path.write_bytes, flac)
             async with client:
                 out = await client.automatic_speech_recognition(path, model=cfg.base_url or cfg.model)
         if not isinstance(out.text, str):

@@ -9,8 +9,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
+from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import InferenceTimeoutError
 
 from audio.errors import UserFacingError
@@ -57,6 +59,24 @@ class RetryPolicy:
     retries: int = 3
     base_delay: float = 1.0
     max_delay: float = 20.0
+
+
+_HF_DOMAINS = ("huggingface.co", "huggingface.cloud", "hf.space")
+
+
+def is_hf_host(url: str) -> bool:
+    """Whether `url` is served by Hugging Face (the Hub, its router, Inference Endpoints, Spaces)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == domain or host.endswith("." + domain) for domain in _HF_DOMAINS)
+
+
+def inference_client(
+    *, token: str | None, timeout: float, base_url: str | None = None, provider: str | None = None
+) -> AsyncInferenceClient:
+    """An `AsyncInferenceClient` for one call: at `base_url` (a server, or the Hub's router), or through `provider`."""
+    if base_url:
+        return AsyncInferenceClient(base_url=base_url, api_key=token, timeout=timeout)
+    return AsyncInferenceClient(provider=provider, api_key=token, timeout=timeout)  # type: ignore[arg-type]
 
 
 def _retry_after(headers: object) -> float | None:

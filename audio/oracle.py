@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import AsyncInferenceClient
 
-from audio.inference import ProviderError, RetryPolicy, call_with_retries
+from audio.inference import ProviderError, RetryPolicy, call_with_retries, inference_client
+from audio.text import remove_links, strip_invisible
 
 CLASSIC_ANSWERS: tuple[str, ...] = (
     "It is certain.",
@@ -52,11 +53,12 @@ _QUOTES = "\"'“”‘’`«»"
 
 
 def sanitize_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str:
-    """Make model output safe to post and speak: one short line, no mentions, no persona name, no quotes."""
-    text = _LINK.sub(r"\1", text)
+    """Make model output safe to post and speak: one short line, no mentions, links, invites, headers, persona
+    name, quotes or invisible characters."""
+    text = remove_links(_LINK.sub(r"\1", strip_invisible(text)))
     text = _MAGIC.sub("", text).replace(":", "")
     text = " ".join(text.split())
-    text = text.strip().strip(_QUOTES + " ,.-").strip()
+    text = text.strip().strip(_QUOTES + " ,.-#>").strip()
     text = _MENTION.sub(lambda m: m.group(0).replace("@", "@\u200b").replace("<", "<\u200b"), text)
     text = text.replace("*", "").replace("_", " ").replace("~", "").replace("|", "")
     text = " ".join(text.split())
@@ -71,14 +73,23 @@ def sanitize_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str:
     return text[0].upper() + text[1:]
 
 
+HF_ROUTER_URL = "https://router.huggingface.co/v1"
+
+
 @dataclass(frozen=True)
 class OracleConfig:
-    """Which LLM answers, and how it is reached. No token and no base URL means the offline toy."""
+    """Which LLM answers, and how it is reached. No token and no base URL means the offline toy.
+
+    Without `base_url`, chat completions go to the Hub's OpenAI-compatible router (`router_url`), which picks the
+    provider on the server: by the account's preference order for `provider="auto"`, else the one named (sent as
+    `model:provider`). The client never has to know the provider, so providers newer than huggingface_hub work.
+    """
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
     provider: str = "auto"
     base_url: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    router_url: str = HF_ROUTER_URL
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_tokens: int = 64
 
@@ -93,9 +104,15 @@ class Oracle:
 
     def _client(self) -> AsyncInferenceClient:
         cfg = self.config
-        if cfg.base_url:
-            return AsyncInferenceClient(base_url=cfg.base_url, api_key=cfg.token, timeout=cfg.retry.timeout)
-        return AsyncInferenceClient(provider=cfg.provider, api_key=cfg.token, timeout=cfg.retry.timeout)  # type: ignore[arg-type]
+        return inference_client(base_url=cfg.base_url or cfg.router_url, token=cfg.token, timeout=cfg.retry.timeout)
+
+    @property
+    def _model(self) -> str:
+        """The `model` of the request: as configured for a server, `model:provider` for the router."""
+        cfg = self.config
+        if cfg.base_url or cfg.provider == "auto":
+            return cfg.model
+        return f"{cfg.model}:{cfg.provider}"
 
     async def answer(self, question: str) -> str:
         """Return a short proverb answering `question` (raises `InferenceError` subclasses on API failure)."""
@@ -114,7 +131,7 @@ class Oracle:
             async with client:
                 out = await client.chat_completion(
                     messages,
-                    model=self.config.model,
+                    model=self._model,
                     max_tokens=self.config.max_tokens,
                     seed=seed,
                 )

@@ -9,10 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-JENNY_DESCRIPTION = (
-    "Jenny speaks at an average pace with a calm delivery in a very confined sounding environment "
-    "with clear audio quality."
-)
+from bot.presets import DEFAULT_SEED, JENNY_DESCRIPTION
 
 
 class Settings(BaseSettings):
@@ -36,6 +33,8 @@ class Settings(BaseSettings):
     llm_provider: str = "auto"
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
+    asr_api_key: SecretStr | None = None  # sent to ASR_BASE_URL (HF_TOKEN goes to Hugging Face hosts only)
+    hf_router_url: str = "https://router.huggingface.co/v1"  # chat completions when LLM_BASE_URL is unset
     inference_timeout: float = Field(30.0, gt=0)
     inference_retries: int = Field(3, ge=0, le=10)
 
@@ -43,7 +42,7 @@ class Settings(BaseSettings):
     tts_enabled: bool = True
     tts_model: str = "parler-tts/parler-mini-v1-jenny"
     tts_voice_description: str = JENNY_DESCRIPTION
-    tts_seed: int = 42
+    tts_seed: int = DEFAULT_SEED
     tts_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     tts_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     tts_attn_implementation: Literal["eager", "sdpa"] = "sdpa"
@@ -62,10 +61,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    # Added by the bot helper: questions a guild may have in flight at once (transcribing, consulting, speaking).
+    # Questions a guild may have in flight at once (transcribing, consulting, speaking).
     guild_concurrency: int = Field(3, ge=1)
-    # Added by the bot helper: how long to wait for a dropped voice connection to come back before moving on.
+    # How long to wait for a dropped voice connection to come back before moving on.
     voice_reconnect_seconds: float = Field(20.0, gt=0)
+
+    # Recordings downloaded and transcribed at once, all guilds together (bounds the memory uploads hold).
+    max_concurrent_transcriptions: int = Field(4, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.answering import answer_interaction, audio_problem, is_audio, question_problem
+from bot.answering import answer_interaction, audio_problem, clean_question, is_audio, question_problem
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -37,13 +37,15 @@ class AskCog(commands.Cog, name="Ask"):
         question: str | None = None,
         audio: discord.Attachment | None = None,
     ) -> None:
+        if question is not None:
+            question = clean_question(question)
         if question is not None and audio is None:
             problem = question_problem(question, self.bot.settings.max_question_chars)
         elif audio is not None and question is None:
             problem = audio_problem(audio, self.bot)
         else:
             problem = "Ask with either a typed question or an audio recording (one of the two)."
-        await answer_interaction(self.bot, interaction, problem, question.strip() if question else None, audio)
+        await answer_interaction(self.bot, interaction, "slash", problem, question or None, audio)
 
     async def ask_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """The "Ask the Magic 8 Ball" message command: answers the voice message (or audio file) in it."""
@@ -53,7 +55,7 @@ class AskCog(commands.Cog, name="Ask"):
             if audio is None
             else audio_problem(audio, self.bot)
         )
-        await answer_interaction(self.bot, interaction, problem, None, audio, message)
+        await answer_interaction(self.bot, interaction, "menu", problem, None, audio, message)
 
 
 async def setup(bot: MagicBot) -> None:

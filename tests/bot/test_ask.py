@@ -14,7 +14,7 @@ from audio.asr import TranscriptionUnavailable
 from audio.inference import AuthError, CreditsExhausted, InferenceError, InferenceTimeout, ModelBusy, ProviderError
 from audio.oracle import CLASSIC_ANSWERS
 from audio.tts import TTSConfig, TTSEngine
-from bot.client import VoiceStatus
+from bot.client import SpeechStatus
 from bot.services import build_oracle
 from tests.bot.doubles import SineEngine, until
 from tests.bot.helpers import (
@@ -61,7 +61,7 @@ async def test_text_question_is_answered_with_progress_embed_and_voice_message(s
     ("options", "expected"),
     [
         ({"question": "   "}, "Your question is empty: type something to ask."),
-        ({"question": "why " * 500}, "Your question is 2,000 characters long; please keep it under 300."),
+        ({"question": "why?" * 500}, "Your question is 2,000 characters long; please keep it under 300."),
         ({}, "Ask with either a typed question or an audio recording (one of the two)."),
         ({"audio": ("notes.txt", b"just some text", "text/plain")}, "That file isn't audio"),
         ({"audio": ("big.ogg", b"OggS" + bytes(5000), "audio/ogg")}, "That file is too large (0.0 MiB); the limit"),
@@ -206,10 +206,10 @@ async def test_voice_warms_up_in_the_background(scene: Scene, tmp_path: Path, mo
     async with running_bot(scene.emu, make_settings(tmp_path, tts_enabled=True)) as bot:
         record = await scene.ask("Are you awake?")
         await record.wait_for(answered, 30)
-        assert final_embed(record)["footer"]["text"] == f"🔇 {VoiceStatus.LOADING.value}"
+        assert final_embed(record)["footer"]["text"] == f"🔇 {SpeechStatus.LOADING.value}"
         assert not scene.bot_messages()
         loaded.set()
-        await until(lambda: bot.voice_status is VoiceStatus.READY, 30)
+        await until(lambda: bot.speech_status is SpeechStatus.READY, 30)
         record = await scene.ask("And now?")
         await record.wait_for(answered, 30)
         assert "footer" not in final_embed(record)

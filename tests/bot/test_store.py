@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.client import Admission
+from bot.admission import Admission
 from bot.presets import DEFAULT_PRESET, PRESETS, find_preset, search_presets
 from bot.store import GuildStore
 

@@ -15,6 +15,8 @@ from parler_tts import DACConfig, ParlerTTSConfig, ParlerTTSDecoderConfig, Parle
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, T5Config
 
+from bot.presets import JENNY_DESCRIPTION
+
 Arch = Literal["tiny", "mini"]
 
 CODEBOOK_SIZE = 1024
@@ -25,12 +27,8 @@ PAD_ID = EOS_ID = CODEBOOK_SIZE
 BOS_ID = CODEBOOK_SIZE + 1
 
 VOICED_GAIN = 300.0  # brings the smoothed codec output of `build_voiced_parler` to about -19 dBFS RMS
-JENNY = (
-    "Jenny speaks at an average pace with a calm delivery in a very confined sounding environment "
-    "with clear audio quality."
-)
 CORPUS = [
-    JENNY,
+    JENNY_DESCRIPTION,
     "It is certain. It is decidedly so. Without a doubt. Yes, definitely. You may rely on it.",
     "As I see it, yes. Most likely. Outlook good. Yes. Signs point to yes.",
     "Reply hazy, try again. Ask again later. Better not tell you now. Cannot predict now.",
