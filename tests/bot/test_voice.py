@@ -106,7 +106,9 @@ async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path
         queued = await scene.ask("Next?")
         await queued.wait_for(lambda r: r.edits and "Waiting" in (r.edits[-1].body.get("content") or ""), 30)
         refusal = await ephemeral_reply(await scene.ask("And me?", user=scene.mod))
-        assert re.fullmatch(r"1 answer is already waiting to be spoken here; ask again in about \d+ seconds?\.", refusal)
+        assert re.fullmatch(
+            r"1 answer is already waiting to be spoken here; ask again in about \d+ seconds?\.", refusal
+        )
         await (await scene.command("stop")).wait_for_response()
 
 
