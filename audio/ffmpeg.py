@@ -85,12 +85,16 @@ class FFmpegUnavailable(RuntimeError):
     """ffmpeg is missing or does not run; the message is one sentence for operators."""
 
 
-@lru_cache(maxsize=8)
 def ffmpeg_exe(path: Path | str | None = None) -> str:
     """Return a working ffmpeg executable: `path` if given, else imageio-ffmpeg's bundled binary.
 
-    The binary is run once with `-version` so that a missing or broken one is reported at start-up.
+    The binary is run once (per path) with `-version` so that a missing or broken one is reported at start-up.
     """
+    return _checked_ffmpeg(None if path is None else str(path))
+
+
+@lru_cache(maxsize=8)
+def _checked_ffmpeg(path: str | None) -> str:
     if path is None:
         try:
             import imageio_ffmpeg

@@ -38,6 +38,11 @@ class AudioLimits:
     max_seconds: float = 60.0
 
 
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples (full scale ±1.0, clipped) as little-endian 16-bit PCM."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
 def check_size(size: int, limits: AudioLimits) -> None:
     """Reject empty or oversized uploads before anything is downloaded or decoded."""
     if size <= 0:
@@ -95,7 +100,7 @@ async def decode_upload(data: bytes, limits: AudioLimits, ffmpeg: str) -> np.nda
 
 async def encode_flac(samples: np.ndarray, ffmpeg: str, sample_rate: int = ASR_SAMPLE_RATE) -> bytes:
     """Encode float mono samples as a FLAC file (what Whisper endpoints accept everywhere)."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    pcm = to_pcm16(samples).tobytes()
     args = (
         ffmpeg_python.input("pipe:0", format="s16le", ac=1, ar=sample_rate)
         .output("pipe:1", format="flac")

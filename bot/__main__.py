@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from audio.errors import UserFacingError
 from audio.ffmpeg import FFmpegUnavailable
+from audio.formats import to_pcm16
 from bot.settings import Settings, get_settings
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
@@ -43,7 +44,7 @@ def check_discord_token(settings: Settings) -> str:
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write float mono samples as a 16-bit WAV file."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    pcm = to_pcm16(samples)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

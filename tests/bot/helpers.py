@@ -118,3 +118,13 @@ def spoken_question(ffmpeg: str, seconds: float = 1.5) -> bytes:
 def answered(record: InteractionRecord) -> bool:
     """Whether the interaction's response shows the answer embed."""
     return any(e.body.get("embeds") for e in record.edits)
+
+
+async def join(scene: Scene, member_id: int | None = None, connections: int = 1) -> None:
+    """A member (alice by default) sits in the Lounge and asks the bot to join it."""
+    user = member_id or scene.alice.id
+    await scene.emu.set_voice_state(scene.guild.id, user, scene.lounge.id)
+    record = await scene.emu.slash_command(scene.guild.id, scene.text.id, user, "join")
+    await record.wait_for(lambda r: r.edits, 30)
+    assert record.edits[-1].body["content"].startswith("🔊 Joined")
+    await scene.emu.voice(scene.guild.id).wait_connected(connections, 30)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -21,6 +28,7 @@ from tests.bot.helpers import (
     ephemeral_reply,
     fields,
     final_embed,
+    join,
     make_settings,
     running_bot,
     spoken_question,
@@ -200,3 +208,62 @@ async def test_transcriptions_are_bounded_across_guilds(
             await record.wait_for(answered, 60)
     assert most == 1
     assert all(fields(final_embed(r))["🎱 The ball says"] in CLASSIC_ANSWERS for r in records)
+
+
+PROJECT = tuple(str(Path(__file__).resolve().parents[2] / part) + os.sep for part in ("bot", "audio"))
+
+
+def from_project() -> str | None:
+    """The innermost project frame (bot/ or audio/) of the current call, if any."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if frame.filename.startswith(PROJECT):
+            return f"{frame.filename}:{frame.lineno}"
+    return None
+
+
+async def test_a_spoken_voice_question_never_blocks_the_event_loop(
+    scene: Scene,
+    tmp_path: Path,
+    fake_inference: FakeInference,
+    ffmpeg: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    blocking: list[tuple[str, str]] = []
+
+    def guard(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            where = from_project() if threading.get_ident() == loop_thread else None
+            if where is not None:
+                blocking.append((name, where))
+            return real(*args, **kwargs)
+
+        return guarded
+
+    # Process starts and file writes from project code on the loop's thread, whatever they cost this time.
+    monkeypatch.setattr(subprocess.Popen, "__init__", guard("Popen", subprocess.Popen.__init__))
+    monkeypatch.setattr(Path, "write_bytes", guard("write_bytes", Path.write_bytes))
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", guard("NamedTemporaryFile", tempfile.NamedTemporaryFile))
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr")
+    try:
+        async with running_bot(scene.emu, settings, tts=SineEngine()):
+            await join(scene)
+            record = await scene.emu.slash_command(
+                scene.guild.id,
+                scene.text.id,
+                scene.alice.id,
+                "ask",
+                {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
+            )
+            await record.wait_for(answered, 60)
+            await scene.emu.voice(scene.guild.id).wait_for_utterances(1, 60)
+    finally:
+        loop.set_debug(False)
+    assert blocking == []
+    slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and " took " in r.getMessage()]
+    assert not [message for message in slow if any(part in message for part in PROJECT)]

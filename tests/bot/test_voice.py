@@ -9,18 +9,9 @@ import discord
 import pytest
 
 from tests.bot.doubles import SineEngine, until
-from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, make_settings, running_bot
+from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join, make_settings, running_bot
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def join(scene: Scene) -> None:
-    """alice sits in the Lounge and asks the bot to join."""
-    await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
-    record = await scene.command("join")
-    await record.wait_for(lambda r: r.edits, 30)
-    assert record.edits[-1].body["content"].startswith("🔊 Joined")
-    await scene.emu.voice(scene.guild.id).wait_connected(1, 30)
 
 
 async def test_join_explains_what_is_missing(scene: Scene, tmp_path: Path) -> None:

@@ -107,16 +107,6 @@ async def serving(
         yield bot, SourceSpy(bot)
 
 
-async def join(scene: Scene, member_id: int | None = None, connections: int = 1) -> None:
-    """A member (alice by default) sits in the Lounge and asks the bot to join it."""
-    user = member_id or scene.alice.id
-    await scene.emu.set_voice_state(scene.guild.id, user, scene.lounge.id)
-    record = await scene.emu.slash_command(scene.guild.id, scene.text.id, user, "join")
-    await record.wait_for(lambda r: r.edits, 30)
-    assert record.edits[-1].body["content"].startswith("🔊 Joined")
-    await scene.emu.voice(scene.guild.id).wait_connected(connections, 30)
-
-
 def answer_packets(packets: list[RtpPacket], start: int = 0) -> list[RtpPacket]:
     """One answer: from its first audio packet at or after index `start` of a guild's packets (skipping the end of
     an earlier answer's trailing silence) up to and including its own trailing silence."""

@@ -12,8 +12,8 @@ from audio.inference import ModelBusy, ProviderError
 from audio.source import FRAME_SECONDS
 from audio.tts import TTSEngine
 from tests.bot.doubles import until
-from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed
-from tests.e2e.harness import SourceSpy, assert_played_whole, heard, join, serving
+from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join
+from tests.e2e.harness import SourceSpy, assert_played_whole, heard, serving
 from tests.emulator import DiscordEmulator
 from tests.fakes.inference import FakeInference
 
