@@ -220,7 +220,7 @@ class Question:
     text: str | None = None
     audio: discord.Attachment | None = None
     asked_at: float = field(default_factory=time.perf_counter)
-    _revealed: bool = False
+    _revealed: bool = field(default=False, init=False)  # the answer is shown: a later failure keeps it
 
     async def answer(self) -> None:
         """Run the whole pipeline. Whatever fails, the asker gets one sentence in place of the progress text,

@@ -48,6 +48,7 @@ def may_control(member: discord.Member, channel: discord.abc.Connectable | None)
 
 
 def not_yours(channel: discord.abc.Connectable | None) -> str:
+    """The refusal for members who may not control the voice."""
     where = channel.mention if isinstance(channel, VoiceChannel) else "my voice channel"
     return f"Only members in {where}, or with the Move Members permission, can do that."
 

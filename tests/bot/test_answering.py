@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.exc import OperationalError
 
 from audio.asr import Transcriber
+from audio.errors import UserFacingError
 from audio.oracle import CLASSIC_ANSWERS
 from bot.answering import SOMETHING_WENT_WRONG, for_display
 from bot.services import build_transcriber
@@ -267,3 +268,26 @@ async def test_a_spoken_voice_question_never_blocks_the_event_loop(
     assert blocking == []
     slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and " took " in r.getMessage()]
     assert not [message for message in slow if any(part in message for part in PROJECT)]
+
+
+async def test_any_user_facing_error_is_the_one_sentence_the_asker_gets(scene: Scene, tmp_path: Path) -> None:
+    async with running_bot(scene.emu, make_settings(tmp_path)) as bot:
+
+        async def asleep(question: str) -> str:
+            raise UserFacingError("The spirits are asleep; ask again at dawn.")
+
+        bot.oracle.answer = asleep  # type: ignore[method-assign]
+        assert await ephemeral_reply(await scene.ask("Are you there?")) == "The spirits are asleep; ask again at dawn."
+
+
+async def test_a_spoken_answer_is_counted_with_its_first_voice_packet(scene: Scene, tmp_path: Path) -> None:
+    spoken = {"source": "slash", "outcome": "spoken"}
+    before = sample("magic8ball_questions_total", spoken)
+    first_packets = sample("magic8ball_stage_seconds_count", {"stage": "first_voice_packet"})
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()):
+        await join(scene)
+        record = await scene.ask("Say it?")
+        await record.wait_for(answered, 60)
+        await scene.emu.wait_for(lambda: sample("magic8ball_questions_total", spoken) > before, 30, "the count")
+    assert sample("magic8ball_questions_total", spoken) == before + 1
+    assert sample("magic8ball_stage_seconds_count", {"stage": "first_voice_packet"}) == first_packets + 1

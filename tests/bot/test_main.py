@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio.oracle import CLASSIC_ANSWERS
+from audio.errors import UserFacingError
+from audio.oracle import CLASSIC_ANSWERS, Oracle
 from audio.tts import TTSConfig, TTSEngine, Voice
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
@@ -174,3 +175,12 @@ def test_unreadable_audio_file_is_one_sentence(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"error: [Errno 2] No such file or directory: '{tmp_path / 'missing.ogg'}'"
+
+
+def test_any_user_facing_error_is_one_sentence(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    async def asleep(self: Oracle, question: str) -> str:
+        raise UserFacingError("The spirits are asleep; ask again at dawn.")
+
+    monkeypatch.setattr(Oracle, "answer", asleep)
+    assert main(["ask", "Are you there?"]) == 2
+    assert capsys.readouterr().err == "error: The spirits are asleep; ask again at dawn. (UserFacingError)\n"
