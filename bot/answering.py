@@ -262,13 +262,13 @@ class Question:
         if not self.bot.speech_status.is_ready:
             await self._reveal(embed(note=self.bot.speech_status.note))
             return "text_only"
-        voice = await self.bot.guild_voice(self.guild_id)
+        speaker = await self.bot.guild_speaker(self.guild_id)
         player = self.bot.voice.player(self.guild_id)
         if player is not None:
-            outcome = await self._speak(player, answer, voice, embed)
+            outcome = await self._speak(player, answer, speaker, embed)
             if outcome is not None:
                 return outcome
-        return await self._record(answer, voice, embed)
+        return await self._record(answer, speaker, embed)
 
     async def _inference(self, service: Literal["asr", "llm"], call: Awaitable[str]) -> str:
         """Await an Inference API call, counting its failures by service and kind."""
@@ -296,7 +296,9 @@ class Question:
         limit = self.bot.settings.max_question_chars
         return (text, None) if len(text) <= limit else (text[:limit], limit)
 
-    async def _speak(self, player: GuildPlayer, answer: str, voice: Voice, embed: EmbedMaker) -> metrics.Outcome | None:
+    async def _speak(
+        self, player: GuildPlayer, answer: str, speaker: Voice, embed: EmbedMaker
+    ) -> metrics.Outcome | None:
         """Speak the answer in the voice channel, revealing the text when its audio starts.
 
         Returns None when there turned out to be no voice connection (the caller records it instead).
@@ -304,7 +306,7 @@ class Question:
         ahead = player.ahead
         await self.reply.progress(SPEAKING if not ahead else f"⏳ Waiting to speak ({ahead} ahead)…")
         try:
-            utterance = player.submit(answer, voice, on_start=lambda: self._reveal(embed()), asked_at=self.asked_at)
+            utterance = player.submit(answer, speaker, on_start=lambda: self._reveal(embed()), asked_at=self.asked_at)
         except QueueFull:
             return None
         outcome = await utterance.result
@@ -319,11 +321,11 @@ class Question:
             await self._reveal(embed(note=OUTCOME_NOTES[outcome]))
         return "text_only"
 
-    async def _record(self, answer: str, voice: Voice, embed: EmbedMaker) -> metrics.Outcome:
+    async def _record(self, answer: str, speaker: Voice, embed: EmbedMaker) -> metrics.Outcome:
         """Answer with a native voice message (or an audio file where voice messages aren't allowed)."""
         await self.reply.progress(RECORDING)
         try:
-            message = await self.bot.record(self.guild_id, answer, voice)
+            message = await self.bot.record(self.guild_id, answer, speaker)
         except TTSQueueFull as exc:
             await self._reveal(embed(note=speech_busy(exc)))
             return "text_only"
@@ -386,8 +388,8 @@ async def answer_message(bot: MagicBot, message: discord.Message, permissions: d
     await Question(bot, reply, message.guild.id, "voice_message", audio=audio).answer()
 
 
-async def preview(bot: MagicBot, interaction: discord.Interaction, name: str, voice: Voice) -> None:
-    """Let a member hear `voice`: spoken in the voice channel, or else as an ephemeral recording.
+async def preview(bot: MagicBot, interaction: discord.Interaction, name: str, speaker: Voice) -> None:
+    """Let a member hear `speaker`: spoken in the voice channel, or else as an ephemeral recording.
 
     Previews pass the same admission as questions (cooldown, questions in flight, the guild's answer queue)
     and the same speech queue, so they cannot crowd out other servers' answers.
@@ -403,11 +405,11 @@ async def preview(bot: MagicBot, interaction: discord.Interaction, name: str, vo
         text = f"Hello, this is {name}. Ask, and the spirits shall answer."
         player = bot.voice.player(guild_id)
         if player is not None and not player.full:
-            player.submit(text, voice)
+            player.submit(text, speaker)
             await interaction.followup.send(f"🔊 Previewing **{name}** in the voice channel.", ephemeral=True)
             return
         try:
-            message = await bot.record(guild_id, text, voice)
+            message = await bot.record(guild_id, text, speaker)
         except TTSQueueFull as exc:
             await tell(interaction, speech_busy(exc), replace=True)
             return

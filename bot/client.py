@@ -179,8 +179,8 @@ class MagicBot(commands.Bot):
             await self.speech.close()
         await self.store.close()
 
-    async def guild_voice(self, guild_id: int) -> Voice:
-        """The voice this guild chose with /voice set, or the configured default."""
+    async def guild_speaker(self, guild_id: int) -> Voice:
+        """The speaker this guild chose with /voice set, or the configured default."""
         preset = PRESETS.get(await self.store.voice_preset(guild_id) or "")
         if preset is None:
             return Voice(self.settings.tts_voice_description, self.settings.tts_seed)

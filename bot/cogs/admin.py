@@ -75,11 +75,11 @@ class SettingsCog(commands.Cog, name="Settings"):
             await tell(interaction, self.bot.speech_status.note)
             return
         if found is not None:
-            name, voice = found.name, Voice(found.description, found.seed)
+            name, speaker = found.name, Voice(found.description, found.seed)
         else:
             name = await self.bot.store.voice_preset(guild_id) or "the default voice"
-            voice = await self.bot.guild_voice(guild_id)
-        await preview(self.bot, interaction, name, voice)
+            speaker = await self.bot.guild_speaker(guild_id)
+        await preview(self.bot, interaction, name, speaker)
 
     @channels.command(name="enable", description="Answer voice messages posted in a channel.")
     @app_commands.describe(channel="The channel (this one if you pick none)")

@@ -52,7 +52,7 @@ async def test_an_unexpected_error_replaces_the_public_progress_with_one_private
         async def locked(guild_id: int) -> None:
             raise OperationalError("SELECT voice_preset", {}, Exception("database is locked"))
 
-        bot.guild_voice = locked  # type: ignore[method-assign]
+        bot.guild_speaker = locked  # type: ignore[method-assign]
         record = await scene.ask("Will the database hold?")
         assert await ephemeral_reply(record) == SOMETHING_WENT_WRONG  # and the public placeholder is deleted
         assert not answered(record)
