@@ -12,7 +12,6 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import InferenceTimeoutError
 
 from audio.errors import UserFacingError
@@ -70,13 +69,38 @@ def is_hf_host(url: str) -> bool:
     return any(host == domain or host.endswith("." + domain) for domain in _HF_DOMAINS)
 
 
-def inference_client(
-    *, token: str | None, timeout: float, base_url: str | None = None, provider: str | None = None
-) -> AsyncInferenceClient:
-    """An `AsyncInferenceClient` for one call: at `base_url` (a server, or the Hub's router), or through `provider`."""
-    if base_url:
-        return AsyncInferenceClient(base_url=base_url, api_key=token, timeout=timeout)
-    return AsyncInferenceClient(provider=provider, api_key=token, timeout=timeout)  # type: ignore[arg-type]
+def chat_completions_url(base_url: str) -> str:
+    """Where an OpenAI-compatible server takes chat completions (`<base>/v1/chat/completions`, as
+    huggingface_hub resolves a base URL)."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+
+
+async def post(
+    url: str,
+    *,
+    token: str | None,
+    timeout: float,
+    json: object = None,
+    data: bytes | aiohttp.FormData | None = None,
+    content_type: str | None = None,
+) -> object:
+    """POST to a server and return its JSON answer.
+
+    Only `token` is sent (no `Authorization` at all without one): huggingface_hub's clients fall back to the
+    HF_TOKEN of the environment, which must never reach a self-hosted server.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.post(url, json=json, data=data, headers=headers) as response,
+    ):
+        response.raise_for_status()
+        return await response.json(content_type=None)
 
 
 def _retry_after(headers: object) -> float | None:

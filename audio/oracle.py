@@ -6,9 +6,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from huggingface_hub import AsyncInferenceClient
-
-from audio.inference import ProviderError, RetryPolicy, call_with_retries, inference_client
+from audio.inference import ProviderError, RetryPolicy, call_with_retries, chat_completions_url, post
 from audio.text import remove_links, strip_invisible
 
 CLASSIC_ANSWERS: tuple[str, ...] = (
@@ -80,9 +78,10 @@ HF_ROUTER_URL = "https://router.huggingface.co/v1"
 class OracleConfig:
     """Which LLM answers, and how it is reached. No token and no base URL means the offline toy.
 
-    Without `base_url`, chat completions go to the Hub's OpenAI-compatible router (`router_url`), which picks the
-    provider on the server: by the account's preference order for `provider="auto"`, else the one named (sent as
-    `model:provider`). The client never has to know the provider, so providers newer than huggingface_hub work.
+    Chat completions are OpenAI-compatible requests: to `base_url`, or else to the Hub's router (`router_url`),
+    which picks the provider on the server: by the account's preference order for `provider="auto"`, else the one
+    named (sent as `model:provider`). The bot never has to know the provider, so providers newer than
+    huggingface_hub work.
     """
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
@@ -101,10 +100,6 @@ class Oracle:
         self.config = config
         self._rng = rng or random.Random()
         self.offline = config.token is None and config.base_url is None
-
-    def _client(self) -> AsyncInferenceClient:
-        cfg = self.config
-        return inference_client(base_url=cfg.base_url or cfg.router_url, token=cfg.token, timeout=cfg.retry.timeout)
 
     @property
     def _model(self) -> str:
@@ -126,16 +121,13 @@ class Oracle:
         ]
         seed = self._rng.randrange(2**31)
 
+        cfg = self.config
+        url = chat_completions_url(cfg.base_url or cfg.router_url)
+        payload = {"model": self._model, "messages": messages, "max_tokens": cfg.max_tokens, "seed": seed}
+
         async def ask() -> str:
-            client = self._client()
-            async with client:
-                out = await client.chat_completion(
-                    messages,
-                    model=self._model,
-                    max_tokens=self.config.max_tokens,
-                    seed=seed,
-                )
-            content = out.choices[0].message.content
+            out = await post(url, token=cfg.token, timeout=cfg.retry.timeout, json=payload)
+            content = out["choices"][0]["message"]["content"]  # type: ignore[index]
             if not isinstance(content, str):
                 raise ProviderError("reply without text")
             return content

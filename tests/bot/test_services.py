@@ -24,8 +24,9 @@ def authorization(fake: FakeInference, path: str) -> str | None:
 
 
 async def test_a_hugging_face_token_never_goes_to_a_self_hosted_server(
-    tmp_path: Path, fake_inference: FakeInference, ffmpeg: str
+    tmp_path: Path, fake_inference: FakeInference, ffmpeg: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)  # also where huggingface_hub's clients look for a token themselves
     urls = {"llm_base_url": f"{fake_inference.url}/llm", "asr_base_url": f"{fake_inference.url}/asr"}
     settings = make_settings(tmp_path, hf_token=HF_TOKEN, **urls)
     await build_oracle(settings).answer("Will it rain?")
