@@ -79,9 +79,8 @@ class OracleConfig:
     """Which LLM answers, and how it is reached. No token and no base URL means the offline toy.
 
     Chat completions are OpenAI-compatible requests: to `base_url`, or else to the Hub's router (`router_url`),
-    which picks the provider on the server: by the account's preference order for `provider="auto"`, else the one
-    named (sent as `model:provider`). The bot never has to know the provider, so providers newer than
-    huggingface_hub work.
+    which picks the provider on the server: by its own selection for `provider="auto"`, else the one named (sent
+    as `model:provider`). The bot never has to know the provider, so providers newer than huggingface_hub work.
     """
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
