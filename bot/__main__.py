@@ -14,10 +14,9 @@ import discord
 import numpy as np
 from pydantic import ValidationError
 
-from audio.asr import TranscriptionUnavailable
+from audio.errors import UserFacingError
 from audio.ffmpeg import FFmpegUnavailable
-from audio.formats import AudioInputError
-from audio.inference import InferenceError
+from audio.formats import to_pcm16
 from bot.settings import Settings, get_settings
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
@@ -45,7 +44,7 @@ def check_discord_token(settings: Settings) -> str:
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write float mono samples as a 16-bit WAV file."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    pcm = to_pcm16(samples)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -124,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except OSError as exc:  # an unreadable --audio file, an unwritable --speak path, an unreachable model hub
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    except (InferenceError, AudioInputError, TranscriptionUnavailable) as exc:
-        message = f"{exc.user_message} ({type(exc).__name__})"
+    except UserFacingError as exc:
+        message = f"{exc.sentence} ({type(exc).__name__})"
     print(f"error: {message}", file=sys.stderr)
     return 2
 

@@ -57,8 +57,8 @@ async def health_problems(bot: MagicBot) -> dict[str, str]:
         reachable = False
     if not reachable:
         problems["store"] = "The database does not answer."
-    if bot.voice_status.name not in ("READY", "DISABLED"):  # loading, or failed to load
-        problems["tts"] = bot.voice_status.value
+    if bot.speech_status.name in ("LOADING", "FAILED"):
+        problems["tts"] = bot.speech_status.note
     return problems
 
 

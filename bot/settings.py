@@ -10,10 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-JENNY_DESCRIPTION = (
-    "Jenny speaks at an average pace with a calm delivery in a very confined sounding environment "
-    "with clear audio quality."
-)
+from audio.speech import DEFAULT_SEED, JENNY_DESCRIPTION
 
 
 class Settings(BaseSettings):
@@ -37,6 +34,8 @@ class Settings(BaseSettings):
     llm_provider: str = "auto"
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
+    asr_api_key: SecretStr | None = None  # sent to ASR_BASE_URL (HF_TOKEN goes to Hugging Face hosts only)
+    hf_router_url: str = "https://router.huggingface.co/v1"  # chat completions when LLM_BASE_URL is unset
     inference_timeout: float = Field(30.0, gt=0)
     inference_retries: int = Field(3, ge=0, le=10)
 
@@ -44,7 +43,7 @@ class Settings(BaseSettings):
     tts_enabled: bool = True
     tts_model: str = "parler-tts/parler-mini-v1-jenny"
     tts_voice_description: str = JENNY_DESCRIPTION
-    tts_seed: int = 42
+    tts_seed: int = DEFAULT_SEED
     tts_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     tts_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     tts_attn_implementation: Literal["eager", "sdpa"] = "sdpa"
@@ -66,9 +65,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    # Added by the bot helper: questions a guild may have in flight at once (transcribing, consulting, speaking).
+    # Questions a guild may have in flight at once (transcribing, consulting, speaking).
     guild_concurrency: int = Field(3, ge=1)
-    # Added by the bot helper: how long to wait for a dropped voice connection to come back before moving on.
+    # How long to wait for a dropped voice connection to come back before moving on.
     voice_reconnect_seconds: float = Field(20.0, gt=0)
 
     # Production: shards of this process (empty count = Discord's recommendation), metrics port, log format.
@@ -97,6 +96,9 @@ class Settings(BaseSettings):
                 )
             ids.update(range(first, last + 1))
         return tuple(sorted(ids))
+
+    # Recordings downloaded and transcribed at once, all guilds together (bounds the memory uploads hold).
+    max_concurrent_transcriptions: int = Field(4, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -117,3 +117,14 @@ class GuildStore:
         except Exception:  # any failure (network, authentication, a broken file) means it does not answer
             return False
         return True
+
+    async def forget_guild(self, guild_id: int) -> None:
+        """Delete everything stored about a guild (the bot was removed from it)."""
+        async with self._session_factory().begin() as session:
+            await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
+            await session.execute(delete(ListeningChannel).where(ListeningChannel.guild_id == guild_id))
+        self._listening = {c: g for c, g in self._listening.items() if g != guild_id}
+
+    async def forget_channel(self, channel_id: int) -> None:
+        """Delete everything stored about a channel (it was deleted)."""
+        await self.disable_channel(channel_id)

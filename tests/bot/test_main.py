@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio.oracle import CLASSIC_ANSWERS
+from audio.errors import UserFacingError
+from audio.oracle import CLASSIC_ANSWERS, Oracle
 from audio.speech import TTSConfig, Voice
 from audio.speech.reference import TTSEngine
 from bot.__main__ import main, write_wav
@@ -151,7 +152,7 @@ async def test_ask_speak_writes_the_spoken_answer(
         loaded.append(config)
         return tiny_tts_engine
 
-    monkeypatch.setattr(TTSEngine, "load", load)
+    monkeypatch.setattr("audio.speech.load_engine", load)
     monkeypatch.setenv("TTS_MODEL", "parler-tts/parler-tts-mini-v1")
     monkeypatch.setenv("TTS_DEVICE", "cpu")
     out = tmp_path / "answer.wav"
@@ -175,3 +176,13 @@ def test_unreadable_audio_file_is_one_sentence(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"error: [Errno 2] No such file or directory: '{tmp_path / 'missing.ogg'}'"
+
+
+def test_any_user_facing_error_is_one_sentence(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    async def asleep(self: Oracle, question: str) -> str:
+        raise UserFacingError("The spirits are asleep; ask again at dawn.")
+
+    monkeypatch.setattr(Oracle, "answer", asleep)
+    assert main(["ask", "Are you there?"]) == 2
+    err = capsys.readouterr().err  # log lines may come before it
+    assert err.splitlines()[-1] == "error: The spirits are asleep; ask again at dawn. (UserFacingError)"

@@ -1,4 +1,4 @@
-"""Pytest fixtures for the Discord emulator (loaded by the lead's conftest via ``pytest_plugins``)."""
+"""Pytest fixtures for the Discord emulator (loaded by tests/conftest.py via ``pytest_plugins``)."""
 
 from __future__ import annotations
 

@@ -263,6 +263,11 @@ class GuildState:
         """Create a voice channel (``user_limit`` 0 = unlimited)."""
         return self._add_channel(name, VOICE_CHANNEL, user_limit)
 
+    def delete_channel(self, channel: ChannelState) -> None:
+        """Delete a channel (dispatches CHANNEL_DELETE)."""
+        del self.channels[channel.id]
+        self._event("CHANNEL_DELETE", channel.payload())
+
     def add_member(self, user: UserState | str, roles: Iterable[RoleState] = ()) -> MemberState:
         """Add a member, creating the user when given a name; dispatches GUILD_MEMBER_ADD."""
         if isinstance(user, str):
