@@ -83,7 +83,6 @@ class Utterance:
     asked_at: float = field(default_factory=time.perf_counter)  # when the question came (perf_counter)
     tts_error: BaseException | None = None
     started: bool = False
-    submitted_at: float = field(default_factory=time.perf_counter)  # the answer was ready to be spoken
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.result.done():
@@ -254,7 +253,6 @@ class GuildPlayer:
             if not link.is_connected():
                 return Outcome.DROPPED
             link.play(source, after=after)  # discord.py's player thread reads the first frame at once
-            observe("first_voice_packet", time.perf_counter() - utterance.submitted_at)
             playing = utterance.started = True
             if utterance.on_start is not None:
                 try:

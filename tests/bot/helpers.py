@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,12 +14,29 @@ from typing import Any
 
 from audio.asr import Transcriber
 from audio.oracle import Oracle, OracleConfig
-from bot.client import Engine, MagicBot, build_bot
+from audio.speech import SpeechEngine
+from bot.client import MagicBot, build_bot
 from bot.settings import Settings
 from tests.emulator import DiscordEmulator, GuildState
 from tests.emulator.records import EPHEMERAL, InteractionRecord, MessageRecord
 from tests.emulator.world import ChannelState, MemberState
 from tests.fakes.audio_files import encode, speechlike
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.not-a-real-token-but-shaped-like-one"
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m bot ...` in a subprocess, with no setting or token inherited from this environment."""
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.endswith("_TOKEN")}
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @dataclass
@@ -70,7 +90,7 @@ async def running_bot(
     emu: DiscordEmulator,
     settings: Settings,
     *,
-    tts: Engine | None = None,
+    tts: SpeechEngine | None = None,
     oracle: Oracle | None = None,
     transcriber: Transcriber | None = None,
 ) -> AsyncIterator[MagicBot]:

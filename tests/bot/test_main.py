@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -19,24 +17,10 @@ from audio.speech import TTSConfig, Voice
 from audio.speech.reference import TTSEngine
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
+from tests.bot.helpers import ROOT, SECRET, run_cli
 from tests.emulator import DiscordEmulator
 from tests.fakes.audio_files import encode, speechlike
 from tests.fakes.inference import FakeInference
-
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.not-a-real-token-but-shaped-like-one"
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.endswith("_TOKEN")}
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_missing_token_is_one_clear_sentence(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY
 from audio.speech import SpeechScheduler, Voice
 from bot.client import build_bot
 from bot.monitoring import disconnected_shards, refresh_gauges
-from tests.bot.conftest import make_settings
 from tests.bot.doubles import SineEngine, until
+from tests.bot.helpers import make_settings
 
 VOICE = Voice("A calm voice.", 1)
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from bot.settings import Settings
-from tests.bot.test_main import SECRET, run_cli
+from tests.bot.helpers import SECRET, run_cli
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:

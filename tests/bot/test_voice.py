@@ -180,7 +180,7 @@ async def test_a_failed_rejoin_does_not_stop_the_other_guilds(scene: Scene, tmp_
         for guild in bot.guilds:  # the voice sessions ended with the gateway session
             if guild.voice_client is not None:
                 await guild.voice_client.disconnect(force=True)
-        await cog.on_ready()
+        await cog.on_shard_ready(0)
         (failed_guild,) = failed
         rejoined = other.id if failed_guild == scene.guild.id else scene.guild.id
         await until(lambda: bot.get_guild(rejoined).voice_client is not None, 30)

@@ -17,12 +17,11 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.client import MagicBot, VoiceStatus
+from bot.client import MagicBot, SpeechStatus
 from bot.logs import JsonFormatter
-from tests.bot.conftest import Scene, make_settings, running_bot
 from tests.bot.doubles import SineEngine, until
-from tests.bot.test_ask import ephemeral_reply, final_embed
-from tests.e2e.harness import SourceSpy, answered, build_scene, join
+from tests.bot.helpers import Scene, answered, ephemeral_reply, final_embed, join, make_settings, running_bot
+from tests.e2e.harness import SourceSpy, build_scene
 from tests.emulator import DiscordEmulator
 
 pytestmark = pytest.mark.timeout(120)
@@ -138,9 +137,9 @@ async def test_healthz_follows_the_gateway_and_the_store(scene: Scene, tmp_path:
 
         metrics = await scrape(http, bot)
         assert value(metrics, "magic8ball_shards_connected") == 1
-        bot.voice_status = VoiceStatus.LOADING
-        assert await health(http, bot) == (503, {"status": "unhealthy", "failing": {"tts": VoiceStatus.LOADING.value}})
-        bot.voice_status = VoiceStatus.READY
+        bot.speech_status = SpeechStatus.LOADING
+        assert await health(http, bot) == (503, {"status": "unhealthy", "failing": {"tts": SpeechStatus.LOADING.note}})
+        bot.speech_status = SpeechStatus.READY
         await bot.store.close()  # the database is gone
         assert await health(http, bot) == (
             503,

@@ -9,10 +9,9 @@ import pytest
 
 from bot.client import MagicBot
 from bot.playback import GuildPlayer
-from tests.bot.conftest import make_settings, running_bot
 from tests.bot.doubles import SineEngine, until
-from tests.bot.test_ask import final_embed
-from tests.e2e.harness import SourceSpy, answered, build_scene, join
+from tests.bot.helpers import answered, final_embed, join, make_settings, running_bot
+from tests.e2e.harness import SourceSpy, build_scene
 from tests.emulator import DiscordEmulator
 from tests.emulator.world import shard_of
 
