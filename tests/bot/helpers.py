@@ -55,6 +55,10 @@ class Scene:
             self.guild.id, self.text.id, (user or self.alice).id, "ask", {"question": question}
         )
 
+    async def ask_recording(self, recording: bytes) -> InteractionRecord:
+        """alice asks `/ask audio:` with `recording` (OGG) attached."""
+        return await self.command("ask", {"audio": ("q.ogg", recording, "audio/ogg")})
+
     async def command(self, name: str, options: dict[str, Any] | None = None, user: MemberState | None = None):
         return await self.emu.slash_command(self.guild.id, self.text.id, (user or self.alice).id, name, options)
 

@@ -118,13 +118,7 @@ async def test_long_transcripts_are_cut_and_say_so(
     fake_inference.transcript = "Will it rain tomorrow? " * 20
     settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr", max_question_chars=50)
     async with running_bot(scene.emu, settings):
-        record = await scene.emu.slash_command(
-            scene.guild.id,
-            scene.text.id,
-            scene.alice.id,
-            "ask",
-            {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-        )
+        record = await scene.ask_recording(spoken_question(ffmpeg))
         await record.wait_for(answered, 30)
         said = fields(final_embed(record))
         assert said["🎙️ You said (the first 50 characters)"] == fake_inference.transcript[:50]
@@ -144,13 +138,7 @@ async def test_one_question_is_counted_once_with_its_stages(
     questions = sample("magic8ball_questions_total", counted)
     refused = sample("magic8ball_questions_total", {"source": "slash", "outcome": "refused"})
     async with running_bot(scene.emu, settings, tts=SineEngine()):
-        record = await scene.emu.slash_command(
-            scene.guild.id,
-            scene.text.id,
-            scene.alice.id,
-            "ask",
-            {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-        )
+        record = await scene.ask_recording(spoken_question(ffmpeg))
         await record.wait_for(answered, 30)
         await scene.emu.wait_for(lambda: sample("magic8ball_questions_total", counted) > questions, 10, "the count")
         assert await ephemeral_reply(await scene.ask("   ")) == "Your question is empty: type something to ask."
@@ -168,13 +156,7 @@ async def test_inference_errors_are_counted_by_service_and_kind(
     before = sample("magic8ball_inference_errors_total", labels)
     async with running_bot(scene.emu, settings):
         fake_inference.fail(402)
-        record = await scene.emu.slash_command(
-            scene.guild.id,
-            scene.text.id,
-            scene.alice.id,
-            "ask",
-            {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-        )
+        record = await scene.ask_recording(spoken_question(ffmpeg))
         assert "inference credits" in await ephemeral_reply(record)
     assert sample("magic8ball_inference_errors_total", labels) == before + 1
 
@@ -254,13 +236,7 @@ async def test_a_spoken_voice_question_never_blocks_the_event_loop(
     try:
         async with running_bot(scene.emu, settings, tts=SineEngine()):
             await join(scene)
-            record = await scene.emu.slash_command(
-                scene.guild.id,
-                scene.text.id,
-                scene.alice.id,
-                "ask",
-                {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-            )
+            record = await scene.ask_recording(spoken_question(ffmpeg))
             await record.wait_for(answered, 60)
             await scene.emu.voice(scene.guild.id).wait_for_utterances(1, 60)
     finally:

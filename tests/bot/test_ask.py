@@ -85,13 +85,7 @@ async def test_audio_question_is_transcribed_and_answered(
 ) -> None:
     settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr")
     async with running_bot(scene.emu, settings, tts=SineEngine()):
-        record = await scene.emu.slash_command(
-            scene.guild.id,
-            scene.text.id,
-            scene.alice.id,
-            "ask",
-            {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-        )
+        record = await scene.ask_recording(spoken_question(ffmpeg))
         await record.wait_for(answered, 30)
         contents = [e.body.get("content") for e in record.edits]
         assert contents.index("🎧 Listening to your question…") < contents.index("🔮 Consulting the spirits…")

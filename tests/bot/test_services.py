@@ -65,13 +65,7 @@ async def test_no_repr_or_log_line_of_a_configured_bot_holds_a_secret(
     )
     oracle, transcriber = build_oracle(settings), build_transcriber(settings)
     async with running_bot(scene.emu, settings, oracle=oracle, transcriber=transcriber) as bot:
-        record = await scene.emu.slash_command(
-            scene.guild.id,
-            scene.text.id,
-            scene.alice.id,
-            "ask",
-            {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-        )
+        record = await scene.ask_recording(spoken_question(ffmpeg))
         await record.wait_for(answered, 30)
         fake_inference.fail(401)
         refused = await scene.ask("And with a refused key?", user=scene.mod)
