@@ -10,20 +10,22 @@ from typing import Literal
 import aiohttp
 from huggingface_hub import AsyncInferenceClient
 
+from audio.errors import UserFacingError
+from audio.ffmpeg import run_ffmpeg_work
 from audio.formats import AudioInputError, AudioLimits, upload_to_flac
-from audio.inference import ProviderError, RetryPolicy, call_with_retries
+from audio.inference import ProviderError, RetryPolicy, call_with_retries, post
 
 
-class TranscriptionUnavailable(RuntimeError):
+class TranscriptionUnavailable(UserFacingError):
     """Voice questions are not possible with this configuration."""
 
-    user_message = (
+    SENTENCE = (
         "Voice questions need speech recognition: the bot owner must set HF_TOKEN or ASR_BASE_URL. "
         "Type your question with /ask instead."
     )
 
     def __init__(self) -> None:
-        super().__init__(self.user_message)
+        super().__init__(self.SENTENCE)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class TranscriberConfig:
     provider: str = "hf-inference"
     base_url: str | None = None
     api: Literal["hf", "openai"] = "hf"
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     ffmpeg: str = "ffmpeg"
     limits: AudioLimits = field(default_factory=AudioLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -68,33 +70,34 @@ class Transcriber:
         return text
 
     async def _hf(self, flac: bytes) -> str:
+        """Raw FLAC, as `automatic_speech_recognition` posts it: to `base_url`, or through the HF provider."""
         cfg = self.config
-        client = AsyncInferenceClient(provider=cfg.provider, api_key=cfg.token, timeout=cfg.retry.timeout)  # type: ignore[arg-type]
-        # A path gives the request its audio/flac content type; raw bytes would carry none.
-        with tempfile.TemporaryDirectory(prefix="asr-") as folder:
-            path = Path(folder, "question.flac")
-            path.write_bytes(flac)
-            async with client:
-                out = await client.automatic_speech_recognition(path, model=cfg.base_url or cfg.model)
-        if not isinstance(out.text, str):
+        if cfg.base_url:
+            out = await post(
+                cfg.base_url, token=cfg.token, timeout=cfg.retry.timeout, data=flac, content_type="audio/flac"
+            )
+            text = out.get("text") if isinstance(out, dict) else None
+        else:
+            client = AsyncInferenceClient(provider=cfg.provider, api_key=cfg.token, timeout=cfg.retry.timeout)  # type: ignore[arg-type]
+            # A path gives the request its audio/flac content type; raw bytes would carry none.
+            with tempfile.TemporaryDirectory(prefix="asr-") as folder:
+                path = Path(folder, "question.flac")
+                await run_ffmpeg_work(path.write_bytes, flac)
+                async with client:
+                    text = (await client.automatic_speech_recognition(path, model=cfg.model)).text
+        if not isinstance(text, str):
             raise ProviderError("transcript without text")
-        return out.text
+        return text
 
     async def _openai(self, flac: bytes) -> str:
+        """Multipart to `<base_url>/v1/audio/transcriptions`."""
         cfg = self.config
         form = aiohttp.FormData()
         form.add_field("file", flac, filename="question.flac", content_type="audio/flac")
         form.add_field("model", cfg.model)
-        headers = {"Authorization": f"Bearer {cfg.token}"} if cfg.token else {}
         url = f"{(cfg.base_url or '').rstrip('/')}/v1/audio/transcriptions"
-        timeout = aiohttp.ClientTimeout(total=cfg.retry.timeout)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, data=form, headers=headers) as response,
-        ):
-            response.raise_for_status()
-            body = await response.json(content_type=None)
-        text = body.get("text") if isinstance(body, dict) else None
+        out = await post(url, token=cfg.token, timeout=cfg.retry.timeout, data=form)
+        text = out.get("text") if isinstance(out, dict) else None
         if not isinstance(text, str):
             raise ProviderError("transcript without text")
         return text

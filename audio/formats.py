@@ -6,28 +6,28 @@ stopped as soon as it passes the limit, never read to the end first.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import subprocess
+import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import ffmpeg as ffmpeg_python
 import numpy as np
 
+from audio.errors import UserFacingError
+from audio.ffmpeg import GLOBAL_ARGS, FFmpegTimeout, run_ffmpeg, run_ffmpeg_work
+
 ASR_SAMPLE_RATE = 16_000
 _BYTES_PER_SAMPLE = 2  # s16le
-_READ_SIZE = 64 * 1024
+# The containers people post as recordings; anything else (playlists, concat scripts, images…) is refused, and
+# only local files and pipes may be opened, so an upload can never make ffmpeg read another file or a URL.
+INPUT_FORMATS = "ogg,mp3,wav,flac,mov,mp4,m4a,matroska,webm,aac"
+INPUT_PROTOCOLS = "file,pipe"
 SILENCE_PEAK = 1e-3  # below this peak amplitude (full scale 1.0) a recording counts as silent
 
 
-class AudioInputError(ValueError):
-    """An upload that cannot be used as a question; `user_message` is a sentence for the asker."""
-
-    def __init__(self, user_message: str) -> None:
-        super().__init__(user_message)
-        self.user_message = user_message
+class AudioInputError(UserFacingError):
+    """An upload that cannot be used as a question (the sentence says why)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class AudioLimits:
 
     max_bytes: int = 8 * 1024 * 1024
     max_seconds: float = 60.0
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples (full scale ±1.0, clipped) as little-endian 16-bit PCM."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
 def check_size(size: int, limits: AudioLimits) -> None:
@@ -52,34 +57,25 @@ def _too_long(limits: AudioLimits) -> AudioInputError:
     return AudioInputError(f"That recording is longer than {limits.max_seconds:g} seconds; please keep it shorter.")
 
 
-def _run_ffmpeg_blocking(args: list[str], data: bytes, max_output: int | None) -> tuple[bytes, int]:
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdin is not None and proc.stdout is not None
-
-    def feed() -> None:
-        with contextlib.suppress(BrokenPipeError, ValueError), proc.stdin:  # type: ignore[union-attr]
-            proc.stdin.write(data)  # type: ignore[union-attr]
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    out = bytearray()
+def _decode_blocking(data: bytes, ffmpeg: str, max_output: int) -> tuple[bytes, int]:
+    """Write the upload into its own private directory (a file, not a pipe: MP4/M4A uploads often keep their
+    index at the end, which needs seeking) and decode it to 16 kHz mono s16le."""
+    folder = tempfile.mkdtemp(prefix="upload-")  # mode 0700: no other upload or user can read it
     try:
-        while chunk := proc.stdout.read1(_READ_SIZE):
-            out += chunk
-            if max_output is not None and len(out) > max_output:
-                break
+        path = Path(folder, "upload")
+        path.write_bytes(data)
+        args = (
+            ffmpeg_python.input(str(path), format_whitelist=INPUT_FORMATS, protocol_whitelist=INPUT_PROTOCOLS)
+            .output("pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=ASR_SAMPLE_RATE)
+            .global_args(*GLOBAL_ARGS, "-vn")
+            .compile(cmd=ffmpeg)
+        )
+        try:
+            return run_ffmpeg(args, b"", max_output=max_output)
+        except FFmpegTimeout as exc:
+            raise AudioInputError("That recording took too long to read; please post a shorter one.") from exc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-        code = proc.wait()
-        feeder.join()
-    return bytes(out), code
-
-
-async def _run_ffmpeg(args: list[str], data: bytes, max_output: int | None) -> tuple[bytes, int]:
-    """Pipe `data` through ffmpeg off the event loop; stop early once output passes `max_output` bytes."""
-    return await asyncio.to_thread(_run_ffmpeg_blocking, args, data, max_output)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def decode_upload(data: bytes, limits: AudioLimits, ffmpeg: str) -> np.ndarray:
@@ -89,17 +85,7 @@ async def decode_upload(data: bytes, limits: AudioLimits, ffmpeg: str) -> np.nda
     """
     check_size(len(data), limits)
     max_output = int(limits.max_seconds * ASR_SAMPLE_RATE) * _BYTES_PER_SAMPLE
-    # A file, not a pipe: MP4/M4A uploads often keep their index at the end, which needs seeking.
-    with tempfile.NamedTemporaryFile(prefix="upload-") as upload:
-        upload.write(data)
-        upload.flush()
-        args = (
-            ffmpeg_python.input(upload.name)
-            .output("pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=ASR_SAMPLE_RATE)
-            .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-vn")
-            .compile(cmd=ffmpeg)
-        )
-        pcm, code = await _run_ffmpeg(args, b"", max_output)
+    pcm, code = await run_ffmpeg_work(_decode_blocking, data, ffmpeg, max_output)
     if len(pcm) > max_output:
         raise _too_long(limits)
     if code != 0 and not pcm:
@@ -114,14 +100,14 @@ async def decode_upload(data: bytes, limits: AudioLimits, ffmpeg: str) -> np.nda
 
 async def encode_flac(samples: np.ndarray, ffmpeg: str, sample_rate: int = ASR_SAMPLE_RATE) -> bytes:
     """Encode float mono samples as a FLAC file (what Whisper endpoints accept everywhere)."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    pcm = to_pcm16(samples).tobytes()
     args = (
         ffmpeg_python.input("pipe:0", format="s16le", ac=1, ar=sample_rate)
         .output("pipe:1", format="flac")
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+        .global_args(*GLOBAL_ARGS)
         .compile(cmd=ffmpeg)
     )
-    flac, code = await _run_ffmpeg(args, pcm, None)
+    flac, code = await run_ffmpeg_work(run_ffmpeg, args, pcm)
     if code != 0 or not flac:
         raise RuntimeError(f"ffmpeg failed to encode FLAC (exit status {code})")
     return flac

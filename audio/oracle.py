@@ -6,9 +6,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from huggingface_hub import AsyncInferenceClient
-
-from audio.inference import ProviderError, RetryPolicy, call_with_retries
+from audio.inference import ProviderError, RetryPolicy, call_with_retries, chat_completions_url, post
+from audio.text import remove_links, strip_invisible
 
 CLASSIC_ANSWERS: tuple[str, ...] = (
     "It is certain.",
@@ -52,11 +51,12 @@ _QUOTES = "\"'“”‘’`«»"
 
 
 def sanitize_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str:
-    """Make model output safe to post and speak: one short line, no mentions, no persona name, no quotes."""
-    text = _LINK.sub(r"\1", text)
+    """Make model output safe to post and speak: one short line, no mentions, links, invites, headers, persona
+    name, quotes or invisible characters."""
+    text = remove_links(_LINK.sub(r"\1", strip_invisible(text)))
     text = _MAGIC.sub("", text).replace(":", "")
     text = " ".join(text.split())
-    text = text.strip().strip(_QUOTES + " ,.-").strip()
+    text = text.strip().strip(_QUOTES + " ,.-#>").strip()
     text = _MENTION.sub(lambda m: m.group(0).replace("@", "@\u200b").replace("<", "<\u200b"), text)
     text = text.replace("*", "").replace("_", " ").replace("~", "").replace("|", "")
     text = " ".join(text.split())
@@ -71,14 +71,23 @@ def sanitize_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str:
     return text[0].upper() + text[1:]
 
 
+HF_ROUTER_URL = "https://router.huggingface.co/v1"
+
+
 @dataclass(frozen=True)
 class OracleConfig:
-    """Which LLM answers, and how it is reached. No token and no base URL means the offline toy."""
+    """Which LLM answers, and how it is reached. No token and no base URL means the offline toy.
+
+    Chat completions are OpenAI-compatible requests: to `base_url`, or else to the Hub's router (`router_url`),
+    which picks the provider on the server: by its own selection for `provider="auto"`, else the one named (sent
+    as `model:provider`). The bot never has to know the provider, so providers newer than huggingface_hub work.
+    """
 
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
     provider: str = "auto"
     base_url: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    router_url: str = HF_ROUTER_URL
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_tokens: int = 64
 
@@ -91,11 +100,13 @@ class Oracle:
         self._rng = rng or random.Random()
         self.offline = config.token is None and config.base_url is None
 
-    def _client(self) -> AsyncInferenceClient:
+    @property
+    def _model(self) -> str:
+        """The `model` of the request: as configured for a server, `model:provider` for the router."""
         cfg = self.config
-        if cfg.base_url:
-            return AsyncInferenceClient(base_url=cfg.base_url, api_key=cfg.token, timeout=cfg.retry.timeout)
-        return AsyncInferenceClient(provider=cfg.provider, api_key=cfg.token, timeout=cfg.retry.timeout)  # type: ignore[arg-type]
+        if cfg.base_url or cfg.provider == "auto":
+            return cfg.model
+        return f"{cfg.model}:{cfg.provider}"
 
     async def answer(self, question: str) -> str:
         """Return a short proverb answering `question` (raises `InferenceError` subclasses on API failure)."""
@@ -109,16 +120,13 @@ class Oracle:
         ]
         seed = self._rng.randrange(2**31)
 
+        cfg = self.config
+        url = chat_completions_url(cfg.base_url or cfg.router_url)
+        payload = {"model": self._model, "messages": messages, "max_tokens": cfg.max_tokens, "seed": seed}
+
         async def ask() -> str:
-            client = self._client()
-            async with client:
-                out = await client.chat_completion(
-                    messages,
-                    model=self.config.model,
-                    max_tokens=self.config.max_tokens,
-                    seed=seed,
-                )
-            content = out.choices[0].message.content
+            out = await post(url, token=cfg.token, timeout=cfg.retry.timeout, json=payload)
+            content = out["choices"][0]["message"]["content"]  # type: ignore[index]
             if not isinstance(content, str):
                 raise ProviderError("reply without text")
             return content

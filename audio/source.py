@@ -28,7 +28,7 @@ import discord
 import ffmpeg as ffmpeg_python
 import numpy as np
 
-from audio.ffmpeg import FFmpegUnavailable, ffmpeg_exe
+from audio.ffmpeg import GLOBAL_ARGS, FFmpegUnavailable, ffmpeg_exe
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def ffmpeg_args(exe: str, sample_rate: int, *, opus: bool) -> list[str]:
     else:
         codec = {"format": "s16le", "acodec": "pcm_s16le"}
     output = stream.output("pipe:", ac=2, flush_packets=1, **codec)
-    return output.global_args("-hide_banner", "-nostats", "-loglevel", "error").compile(cmd=exe)
+    return output.global_args(*GLOBAL_ARGS).compile(cmd=exe)
 
 
 class StreamingSource(discord.AudioSource):
@@ -201,8 +201,10 @@ class StreamingSource(discord.AudioSource):
     `cancel()`); start `vc.play()` once `ready()` resolves (reads before that return silence, not counted
     as underruns); discord.py calls `cleanup()` at the end (call it yourself if the source is never played).
     `end_reason` says why playback ended: "finished", "cancelled", "error: ..." or "ffmpeg died".
+    `on_first_frame`, when set, is called (from the player's thread) as the first audio frame is handed out.
     """
 
+    on_first_frame: Callable[[], object] | None = None
     _cleaned = True  # until ffmpeg and the threads exist, cleanup() (also run by __del__) has nothing to do
 
     def __init__(
@@ -320,6 +322,8 @@ class StreamingSource(discord.AudioSource):
         with self._cond:
             if self._frames and self._ready:
                 self.frames_read += 1
+                if self.frames_read == 1 and self.on_first_frame is not None:
+                    self.on_first_frame()
                 return self._frames.popleft()
             if self.end_reason is not None and not self._frames:
                 return b""

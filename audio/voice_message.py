@@ -6,10 +6,9 @@ import base64
 from dataclasses import dataclass
 from typing import ClassVar
 
-import ffmpeg as ffmpeg_python
 import numpy as np
 
-from audio.ffmpeg import ffmpeg_exe
+from audio.ffmpeg import GLOBAL_ARGS, ffmpeg_exe, run_ffmpeg
 from audio.source import as_mono_f32, resampled_stdin
 
 WAVEFORM_POINTS = 256
@@ -49,15 +48,7 @@ def encode_voice_message(samples: np.ndarray, sample_rate: int, *, ffmpeg: str |
     stream = resampled_stdin(sample_rate).output(
         "pipe:", format="ogg", acodec="libopus", ac=1, **{"b:a": VOICE_BITRATE}
     )
-    try:
-        ogg, _ = ffmpeg_python.run(
-            stream.global_args("-hide_banner", "-nostats", "-loglevel", "error"),
-            cmd=ffmpeg or ffmpeg_exe(),
-            input=audio.tobytes(),
-            capture_stdout=True,
-            capture_stderr=True,
-        )
-    except ffmpeg_python.Error as exc:
-        detail = exc.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"ffmpeg could not encode the voice message: {detail}") from exc
+    ogg, code = run_ffmpeg(stream.global_args(*GLOBAL_ARGS).compile(cmd=ffmpeg or ffmpeg_exe()), audio.tobytes())
+    if code != 0 or not ogg:
+        raise RuntimeError(f"ffmpeg could not encode the voice message (exit status {code})")
     return VoiceMessage(ogg=ogg, duration_secs=audio.size / sample_rate, waveform=waveform(audio))

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import answered, build_scene, heard, join, load_voiced_engine, serving
+from tests.bot.helpers import answered, join
+from tests.e2e.harness import build_scene, heard, load_voiced_engine, serving
 from tests.emulator import DiscordEmulator
 from tests.fakes.inference import FakeInference
 

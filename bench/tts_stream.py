@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from parler_tts import ParlerTTSStreamer
 
-from audio.tts import DEFAULT_VOICE, TTSConfig, TTSEngine
+from audio.speech import DEFAULT_VOICE, TTSConfig
+from audio.speech.reference import TTSEngine
 from tests.fakes.tiny_parler import build_parler
 
 TEXT = "Reply hazy, try again."

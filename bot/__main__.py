@@ -15,10 +15,9 @@ import discord
 import numpy as np
 from pydantic import ValidationError
 
-from audio.asr import TranscriptionUnavailable
+from audio.errors import UserFacingError
 from audio.ffmpeg import FFmpegUnavailable
-from audio.formats import AudioInputError
-from audio.inference import InferenceError
+from audio.formats import to_pcm16
 from bot.settings import Settings, get_settings
 from bot.store import DatabaseUnavailable
 
@@ -47,7 +46,7 @@ def check_discord_token(settings: Settings) -> str:
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write float mono samples as a 16-bit WAV file."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    pcm = to_pcm16(samples)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -71,12 +70,12 @@ async def ask(settings: Settings, question: str | None, audio: Path | None, spea
     answer = await build_oracle(settings).answer(question)
     print(f"Answer: {answer}")
     if speak is not None:
-        from audio.tts import TTSEngine, Voice
+        from audio.speech import Voice, load_engine, synthesize
         from bot.services import tts_config
 
-        engine = await asyncio.to_thread(TTSEngine.load, tts_config(settings))
+        engine = await asyncio.to_thread(load_engine, tts_config(settings))
         voice = Voice(settings.tts_voice_description, settings.tts_seed)
-        samples = await asyncio.to_thread(engine.synthesize, answer, voice)
+        samples = await asyncio.to_thread(synthesize, engine, answer, voice)
         write_wav(speak, samples, engine.sample_rate)
         print(f"Spoken answer written to {speak}")
 
@@ -135,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ValidationError as exc:
         fields = ", ".join(str(err["loc"][0]).upper() for err in exc.errors() if err["loc"])
-        message = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
+        reasons = [str(err["ctx"]["error"]) for err in exc.errors() if err["type"] == "value_error"]
+        generic = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
+        message = reasons[0] if reasons else generic
     except (UsageError, FFmpegUnavailable, DatabaseUnavailable) as exc:
         message = str(exc)
     except discord.LoginFailure:
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except OSError as exc:  # an unreadable --audio file, an unwritable --speak path, an unreachable model hub
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    except (InferenceError, AudioInputError, TranscriptionUnavailable) as exc:
-        message = f"{exc.user_message} ({type(exc).__name__})"
+    except UserFacingError as exc:
+        message = f"{exc.sentence} ({type(exc).__name__})"
     print(f"error: {message}", file=sys.stderr)
     return 2
 

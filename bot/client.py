@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import cast
 
 import aiohttp
 import discord
@@ -19,41 +18,45 @@ from discord import app_commands
 from discord.ext import commands
 
 from audio.asr import Transcriber
-from audio.ffmpeg import ffmpeg_exe
+from audio.ffmpeg import ffmpeg_exe, run_ffmpeg_work
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.tts import SpeechEngine, SpeechScheduler, TTSEngine, Voice
+from audio.speech import SpeechEngine, SpeechScheduler, Voice, load_engine
 from audio.voice_message import VoiceMessage, encode_voice_message
+from bot.admission import Admission
 from bot.discord_io import NO_PINGS, tell
+from bot.logs import guild_context, setup_logging
+from bot.metrics import observe
+from bot.monitoring import MonitoringServer
+from bot.playback import Players, estimate_seconds
 from bot.presets import PRESETS
 from bot.services import build_oracle, build_transcriber, tts_config
 from bot.settings import Settings
 from bot.shutdown import InFlight
 from bot.store import GuildStore
 
-if TYPE_CHECKING:
-    from bot.cogs.voice import VoiceCog
-
 log = logging.getLogger(__name__)
 
-COGS = ("ask", "voice", "voice_messages", "settings")
-CHARS_PER_SECOND = 14.0  # rough speaking rate, to estimate an answer's length before it is synthesised
+COGS = ("ask", "voice", "voice_messages", "admin")
 _PERMISSION_NAMES = {"manage_guild": "Manage Server"}
 
 
-class Engine(SpeechEngine, Protocol):
-    """A speech engine as the bot uses it (`audio.tts.TTSEngine`, or a test double)."""
-
-    sample_rate: int
-
-
-class VoiceStatus(enum.Enum):
-    """Whether answers can be spoken yet."""
+class SpeechStatus(enum.Enum):
+    """Whether answers can be spoken yet; each value is the note shown with text-only answers."""
 
     DISABLED = "Speech is turned off on this bot, so answers are text only."
     LOADING = "The voice is still warming up, so answers are text only for now."
     FAILED = "The voice could not be loaded, so answers are text only."
     READY = ""
+
+    @property
+    def is_ready(self) -> bool:
+        return self is SpeechStatus.READY
+
+    @property
+    def note(self) -> str:
+        """Why answers are text only (empty when ready)."""
+        return self.value
 
 
 def bot_intents(settings: Settings) -> discord.Intents:
@@ -67,44 +70,12 @@ def bot_intents(settings: Settings) -> discord.Intents:
     return intents
 
 
-def estimate_seconds(text: str) -> float:
-    """How long `text` takes to say, roughly (lets the streaming source size its pre-roll)."""
-    return len(text) / CHARS_PER_SECOND + 0.5
-
-
-class Admission:
-    """Per-member cooldowns and a per-guild bound on questions in flight."""
-
-    def __init__(self, cooldown_seconds: float, per_guild: int) -> None:
-        self.cooldown_seconds = cooldown_seconds
-        self.per_guild = per_guild
-        self._last_ask: dict[tuple[int, int], float] = {}
-        self._in_flight: dict[int, int] = {}
-
-    def admit(self, guild_id: int, member_id: int) -> str | None:
-        """Let a question in (the caller must `release` the guild later), or return why not."""
-        busy = self._in_flight.get(guild_id, 0)
-        if busy >= self.per_guild:
-            what = "a question" if busy == 1 else f"{busy} questions"
-            return f"The ball is already pondering {what} in this server; ask again once it has answered."
-        now = time.monotonic()
-        last = self._last_ask.get((guild_id, member_id))
-        if last is not None and now - last < self.cooldown_seconds:
-            wait = math.ceil(self.cooldown_seconds - (now - last))
-            return f"Slow down: you can ask again in {wait} second{'s' if wait != 1 else ''}."
-        self._last_ask[(guild_id, member_id)] = now
-        self._in_flight[guild_id] = busy + 1
-        return None
-
-    def release(self, guild_id: int) -> None:
-        """A question of this guild was answered (or failed)."""
-        self._in_flight[guild_id] -= 1
-        if not self._in_flight[guild_id]:
-            del self._in_flight[guild_id]
-
-
 class MagicTree(app_commands.CommandTree):
-    """Answers every command error with one ephemeral sentence."""
+    """Answers every command error with one ephemeral sentence; tags the command's log lines with its guild."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        guild_context.set(interaction.guild_id)  # for the rest of this interaction's task and the tasks it starts
+        return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.MissingPermissions):
@@ -117,11 +88,11 @@ class MagicTree(app_commands.CommandTree):
         else:
             log.error("Command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
             sentence = "Something went wrong on my side; please try again."
-        await tell(interaction, sentence)
+        await tell(interaction, sentence, replace=True)  # the sentence replaces a public "thinking…" response
 
 
-class MagicBot(commands.Bot):
-    """The Magic 8 Ball bot."""
+class MagicBot(commands.AutoShardedBot):
+    """The Magic 8 Ball bot: the shards SHARD_COUNT and SHARD_IDS name (all of Discord's recommendation by default)."""
 
     def __init__(
         self,
@@ -129,7 +100,7 @@ class MagicBot(commands.Bot):
         *,
         oracle: Oracle,
         transcriber: Transcriber,
-        tts: Engine | None = None,
+        tts: SpeechEngine | None = None,
         connector: aiohttp.BaseConnector | None = None,
     ) -> None:
         super().__init__(
@@ -139,28 +110,37 @@ class MagicBot(commands.Bot):
             intents=bot_intents(settings),
             allowed_mentions=NO_PINGS,
             connector=connector,
+            shard_count=settings.shard_count,
+            shard_ids=list(settings.shard_ids) if settings.shard_ids is not None else None,
         )
         self.settings = settings
         self.oracle = oracle
         self.transcriber = transcriber
         self.store = GuildStore(settings.database_url.get_secret_value())
         self.admission = Admission(settings.cooldown_seconds, settings.guild_concurrency)
+        self.transcriptions = asyncio.Semaphore(settings.max_concurrent_transcriptions)
         self.speech: SpeechScheduler | None = None
         self.sample_rate = 0
-        self.voice_status = VoiceStatus.DISABLED
+        self.speech_status = SpeechStatus.DISABLED
         self.ffmpeg = ""
         self._engine = tts
         self._tts_loader: asyncio.Task[None] | None = None
+        self.monitoring = MonitoringServer(self)
         # Graceful shutdown (bot.shutdown): no new questions once closing; those in flight are tracked.
         self.closing = False
         self.in_flight = InFlight()
 
     @property
-    def voice(self) -> VoiceCog:
+    def voice(self) -> Players:
         """The voice cog: per-guild players and connections."""
-        return cast("VoiceCog", self.get_cog("Voice"))
+        return cast(Players, self.get_cog("Voice"))
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: posted messages only reach the cogs' listeners (mentions are not commands)."""
 
     async def setup_hook(self) -> None:
+        if self.settings.metrics_port is not None:
+            await self.monitoring.start(self.settings.metrics_host, self.settings.metrics_port)
         self.ffmpeg = await asyncio.to_thread(ffmpeg_exe, self.settings.ffmpeg_path)
         await self.store.open()
         for name in COGS:
@@ -168,23 +148,28 @@ class MagicBot(commands.Bot):
         if self._engine is not None:
             self._use_engine(self._engine)
         elif self.settings.tts_enabled:
-            self.voice_status = VoiceStatus.LOADING
+            self.speech_status = SpeechStatus.LOADING
             self._tts_loader = asyncio.create_task(self._load_tts(), name="tts-load")
         await self._sync_commands()
 
     async def _load_tts(self) -> None:
         try:
-            engine = await asyncio.to_thread(TTSEngine.load, tts_config(self.settings))
+            engine = await asyncio.to_thread(load_engine, tts_config(self.settings))
         except Exception:
             log.exception("Loading the TTS model failed; answers stay text only")
-            self.voice_status = VoiceStatus.FAILED
+            self.speech_status = SpeechStatus.FAILED
         else:
             self._use_engine(engine)
 
-    def _use_engine(self, engine: Engine) -> None:
-        self.speech = SpeechScheduler(engine, self.settings.tts_queue_size)
+    def _use_engine(self, engine: SpeechEngine) -> None:
+        self.speech = SpeechScheduler(
+            engine,
+            queue_size=self.settings.tts_queue_size,
+            queue_per_key=self.settings.tts_queue_per_guild,
+            slots_per_key=self.settings.tts_slots_per_guild,
+        )
         self.sample_rate = engine.sample_rate
-        self.voice_status = VoiceStatus.READY
+        self.speech_status = SpeechStatus.READY
         log.info("The voice is ready (%s Hz)", engine.sample_rate)
 
     async def _sync_commands(self) -> None:
@@ -208,6 +193,7 @@ class MagicBot(commands.Bot):
         if self.speech is not None:
             await self.speech.close()
         await self.store.close()
+        await self.monitoring.stop()
 
     async def shutdown(self) -> None:
         """Stop gracefully: refuse new questions, give those in flight two thirds of SHUTDOWN_SECONDS, end the
@@ -220,8 +206,8 @@ class MagicBot(commands.Bot):
             log.info("Shutting down: %d questions could not finish; their askers were told", cut)
         await self.close()
 
-    async def guild_voice(self, guild_id: int) -> Voice:
-        """The voice this guild chose with /voice set, or the configured default."""
+    async def guild_speaker(self, guild_id: int) -> Voice:
+        """The speaker this guild chose with /voice set, or the configured default."""
         preset = PRESETS.get(await self.store.voice_preset(guild_id) or "")
         if preset is None:
             return Voice(self.settings.tts_voice_description, self.settings.tts_seed)
@@ -235,9 +221,14 @@ class MagicBot(commands.Bot):
         """Synthesise `text` completely and encode it as a voice message (raises if TTS is not ready)."""
         if self.speech is None:
             raise RuntimeError("the voice is not ready")
-        chunks = [chunk async for chunk in self.speech.stream(guild_id, text, voice)]
+        started = time.perf_counter()
+        chunks = []
+        async for chunk in self.speech.stream(guild_id, text, voice):
+            if not chunks:
+                observe("tts_first_audio", time.perf_counter() - started)
+            chunks.append(chunk)
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        return await asyncio.to_thread(encode_voice_message, samples, self.sample_rate, ffmpeg=self.ffmpeg)
+        return await run_ffmpeg_work(encode_voice_message, samples, self.sample_rate, ffmpeg=self.ffmpeg)
 
 
 def build_bot(
@@ -246,7 +237,7 @@ def build_bot(
     connector: aiohttp.BaseConnector | None = None,
     oracle: Oracle | None = None,
     transcriber: Transcriber | None = None,
-    tts: Engine | None = None,
+    tts: SpeechEngine | None = None,
 ) -> MagicBot:
     """The bot with its services; tests inject fakes (a TTS engine given here skips the background load)."""
     return MagicBot(
@@ -260,7 +251,7 @@ def build_bot(
 
 def run(settings: Settings) -> None:
     """Run the bot until it is stopped: Ctrl+C, or SIGTERM (a graceful shutdown within SHUTDOWN_SECONDS)."""
-    discord.utils.setup_logging(level=logging.getLevelName(settings.log_level.upper()))
+    setup_logging(settings.log_level, settings.log_format)
     assert settings.discord_token is not None
 
     async def main() -> None:

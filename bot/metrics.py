@@ -20,7 +20,9 @@ Stage = Literal["download", "transcription", "oracle", "tts_first_audio", "first
 # Seconds: from tens of milliseconds (a first voice packet on a GPU) to a minute (a long answer on a CPU).
 _BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 
-QUESTIONS = Counter("magic8ball_questions", "Questions by where they came from and how they ended.", ["source", "outcome"])
+QUESTIONS = Counter(
+    "magic8ball_questions", "Questions by where they came from and how they ended.", ["source", "outcome"]
+)
 STAGE_SECONDS = Histogram(
     "magic8ball_stage_seconds", "Latency of each stage of answering a question.", ["stage"], buckets=_BUCKETS
 )

@@ -12,16 +12,27 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from audio.ffmpeg import run_ffmpeg_work
 from audio.source import StreamingSource
-from audio.tts import Voice
+from audio.speech import TTSQueueFull, Voice
+from bot.metrics import UNDERRUNS, observe
 
 log = logging.getLogger(__name__)
+
+CHARS_PER_SECOND = 14.0  # rough speaking rate, to estimate an answer's length before it is synthesised
+RECONNECT_POLL_SECONDS = 0.1
+
+
+def estimate_seconds(text: str) -> float:
+    """How long `text` takes to say, roughly (sizes pre-roll and wait estimates)."""
+    return len(text) / CHARS_PER_SECOND + 0.5
 
 
 class Outcome(enum.Enum):
@@ -31,6 +42,7 @@ class Outcome(enum.Enum):
     TTS_FAILED = "tts_failed"  # synthesis failed (before or after the audio started)
     DROPPED = "dropped"  # the voice connection went away while it played
     NO_VOICE = "no_voice"  # no voice connection when its turn came
+    SPEECH_BUSY = "speech_busy"  # the shared speech queue refused it (`Utterance.tts_error` says for how long)
     STOPPED = "stopped"  # cancelled by /stop, /leave or shutdown
 
 
@@ -54,6 +66,12 @@ class VoiceLink(Protocol):
 Synthesize = Callable[[str, Voice], AsyncIterator[np.ndarray]]
 
 
+class Players(Protocol):
+    """What the answering code needs from the voice cog."""
+
+    def player(self, guild_id: int) -> GuildPlayer | None: ...
+
+
 @dataclass(eq=False)
 class Utterance:
     """An answer waiting to be spoken; `result` resolves to its `Outcome`."""
@@ -62,6 +80,7 @@ class Utterance:
     voice: Voice
     on_start: Callable[[], Awaitable[object]] | None = None
     result: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    asked_at: float = field(default_factory=time.perf_counter)  # when the question came (perf_counter)
     tts_error: BaseException | None = None
     started: bool = False
 
@@ -89,6 +108,7 @@ class GuildPlayer:
         self._idle_seconds = idle_seconds
         self._on_idle = on_idle
         self._queue: asyncio.Queue[Utterance] = asyncio.Queue(queue_size)
+        self._queued_seconds = 0.0  # estimated speaking time of the queued answers
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[Outcome] | None = None
         self._speaking: Utterance | None = None
@@ -105,6 +125,17 @@ class GuildPlayer:
         return self._current is not None and not self._current.done()
 
     @property
+    def ahead(self) -> int:
+        """Answers a new one would wait for: the queued ones plus the one being spoken."""
+        return self.pending + (1 if self.busy else 0)
+
+    @property
+    def wait_seconds(self) -> float:
+        """Roughly how long until a new answer's turn."""
+        current = self._speaking.text if self.busy and self._speaking is not None else ""
+        return self._queued_seconds + (estimate_seconds(current) if current else 0.0)
+
+    @property
     def full(self) -> bool:
         return self._queue.full()
 
@@ -115,13 +146,22 @@ class GuildPlayer:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="guild-player")
 
-    def submit(self, text: str, voice: Voice, on_start: Callable[[], Awaitable[object]] | None = None) -> Utterance:
+    def submit(
+        self,
+        text: str,
+        voice: Voice,
+        on_start: Callable[[], Awaitable[object]] | None = None,
+        asked_at: float | None = None,
+    ) -> Utterance:
         """Queue an answer; raises `QueueFull` when the guild's queue is full."""
         utterance = Utterance(text, voice, on_start)
+        if asked_at is not None:
+            utterance.asked_at = asked_at
         try:
             self._queue.put_nowait(utterance)
         except asyncio.QueueFull:
             raise QueueFull(self._queue.maxsize) from None
+        self._queued_seconds += estimate_seconds(text)
         self.start()
         return utterance
 
@@ -131,6 +171,7 @@ class GuildPlayer:
         while not self._queue.empty():
             self._queue.get_nowait().resolve(Outcome.STOPPED)
             dropped += 1
+        self._queued_seconds = 0.0
         if self.busy and self._speaking is not None:
             assert self._current is not None
             self._current.cancel()
@@ -154,6 +195,7 @@ class GuildPlayer:
                 utterance = await asyncio.wait_for(self._queue.get(), self._idle_seconds)
             except asyncio.TimeoutError:
                 break
+            self._queued_seconds = max(0.0, self._queued_seconds - estimate_seconds(utterance.text))
             self._speaking = utterance
             self._current = task = asyncio.create_task(self._speak(utterance), name="guild-player-speak")
             await asyncio.wait({task})
@@ -168,8 +210,13 @@ class GuildPlayer:
             await self._on_idle()
 
     async def _feed(self, utterance: Utterance, source: StreamingSource) -> None:
+        started = time.perf_counter()
+        first = True
         try:
             async for chunk in self._synthesize(utterance.text, utterance.voice):
+                if first:
+                    observe("tts_first_audio", time.perf_counter() - started)
+                    first = False
                 await source.afeed(chunk)
         except asyncio.CancelledError:
             source.cancel()
@@ -192,16 +239,20 @@ class GuildPlayer:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(error))
 
-        source = self._make_source(utterance.text)
+        # Starting ffmpeg forks a process: never on the event loop.
+        source = await run_ffmpeg_work(self._make_source, utterance.text)
+        source.on_first_frame = lambda: observe("first_voice_packet", time.perf_counter() - utterance.asked_at)
         feeder = asyncio.create_task(self._feed(utterance, source), name="guild-player-feed")
         playing = False
         try:
             await source.ready()
             if source.end_reason is not None and not source.buffered_frames:
-                return Outcome.TTS_FAILED  # nothing to play: synthesis or encoding failed before any audio
+                # Nothing to play: synthesis or encoding failed (or the speech queue refused) before any audio.
+                busy = isinstance(utterance.tts_error, TTSQueueFull)
+                return Outcome.SPEECH_BUSY if busy else Outcome.TTS_FAILED
             if not link.is_connected():
                 return Outcome.DROPPED
-            link.play(source, after=after)
+            link.play(source, after=after)  # discord.py's player thread reads the first frame at once
             playing = utterance.started = True
             if utterance.on_start is not None:
                 try:
@@ -213,9 +264,10 @@ class GuildPlayer:
             feeder.cancel()
             source.cancel()
             if not playing:
-                await asyncio.to_thread(source.cleanup)  # discord.py cleans up the sources it played
+                await run_ffmpeg_work(source.cleanup)  # discord.py cleans up the sources it played
             elif link.is_playing():
                 link.stop()
+            UNDERRUNS.inc(source.underruns)
         if utterance.tts_error is not None or (source.end_reason or "").startswith(("error", "ffmpeg")):
             return Outcome.TTS_FAILED
         if error is not None or not link.is_connected():

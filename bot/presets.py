@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.settings import JENNY_DESCRIPTION
+# The default speaker (the Jenny fine-tunes' description and a fixed seed) lives with the speech code.
+from audio.speech import DEFAULT_SEED, JENNY_DESCRIPTION
 
-DEFAULT_SEED = 42
 _CLEAR = "with a very close recording that has almost no background noise"
 
 # name → how that speaker delivers (the rest of the description is shared).

@@ -8,18 +8,28 @@ from typing import TYPE_CHECKING
 from audio.asr import Transcriber, TranscriberConfig
 from audio.ffmpeg import ffmpeg_exe
 from audio.formats import AudioLimits
-from audio.inference import RetryPolicy
+from audio.inference import RetryPolicy, is_hf_host
 from audio.oracle import Oracle, OracleConfig
 from bot.settings import Settings
 
 if TYPE_CHECKING:
-    from audio.tts import TTSConfig
+    from pydantic import SecretStr
+
+    from audio.speech import TTSConfig
 
 log = logging.getLogger(__name__)
 
 
-def _secret(value: object) -> str | None:
-    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def server_token(base_url: str | None, api_key: SecretStr | None, hf_token: SecretStr | None) -> str | None:
+    """The token for a service: HF_TOKEN for Hugging Face hosts (or no base URL at all), else the server's own
+    key (or none): a Hugging Face token never travels to a self-hosted server."""
+    if base_url is None or is_hf_host(base_url):
+        return _secret(api_key) or _secret(hf_token)
+    return _secret(api_key)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -39,7 +49,8 @@ def build_oracle(settings: Settings) -> Oracle:
             model=settings.llm_model,
             provider=settings.llm_provider,
             base_url=settings.llm_base_url,
-            token=_secret(settings.llm_api_key) or _secret(settings.hf_token),
+            token=server_token(settings.llm_base_url, settings.llm_api_key, settings.hf_token),
+            router_url=settings.hf_router_url,
             retry=retry_policy(settings),
         )
     )
@@ -56,7 +67,7 @@ def build_transcriber(settings: Settings) -> Transcriber:
             provider=settings.asr_provider,
             base_url=settings.asr_base_url,
             api=settings.asr_api,
-            token=_secret(settings.hf_token),
+            token=server_token(settings.asr_base_url, settings.asr_api_key, settings.hf_token),
             ffmpeg=ffmpeg_exe(settings.ffmpeg_path),
             limits=audio_limits(settings),
             retry=retry_policy(settings),
@@ -69,12 +80,11 @@ def build_transcriber(settings: Settings) -> Transcriber:
 
 def tts_config(settings: Settings) -> TTSConfig:
     """The Parler-TTS engine configuration (imported lazily: text-only paths never load torch)."""
-    from audio.tts import TTSConfig
+    from audio.speech import TTSConfig
 
     return TTSConfig(
         model=settings.tts_model,
         device=settings.tts_device,
         dtype=settings.tts_dtype,
         attn_implementation=settings.tts_attn_implementation,
-        queue_size=settings.tts_queue_size,
     )

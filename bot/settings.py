@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-JENNY_DESCRIPTION = (
-    "Jenny speaks at an average pace with a calm delivery in a very confined sounding environment "
-    "with clear audio quality."
-)
+from audio.speech import DEFAULT_SEED, JENNY_DESCRIPTION
 
 
 class Settings(BaseSettings):
@@ -36,6 +34,8 @@ class Settings(BaseSettings):
     llm_provider: str = "auto"
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
+    asr_api_key: SecretStr | None = None  # sent to ASR_BASE_URL (HF_TOKEN goes to Hugging Face hosts only)
+    hf_router_url: str = "https://router.huggingface.co/v1"  # chat completions when LLM_BASE_URL is unset
     inference_timeout: float = Field(30.0, gt=0)
     inference_retries: int = Field(3, ge=0, le=10)
 
@@ -43,11 +43,14 @@ class Settings(BaseSettings):
     tts_enabled: bool = True
     tts_model: str = "parler-tts/parler-mini-v1-jenny"
     tts_voice_description: str = JENNY_DESCRIPTION
-    tts_seed: int = 42
+    tts_seed: int = DEFAULT_SEED
     tts_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     tts_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     tts_attn_implementation: Literal["eager", "sdpa"] = "sdpa"
     tts_queue_size: int = Field(16, ge=1)
+    # One guild's share of the speech engine: answers waiting, and answers generating at once.
+    tts_queue_per_guild: int = Field(4, ge=1)
+    tts_slots_per_guild: int = Field(2, ge=1)
 
     # Audio tooling
     ffmpeg_path: Path | None = None
@@ -62,10 +65,40 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    # Added by the bot helper: questions a guild may have in flight at once (transcribing, consulting, speaking).
+    # Questions a guild may have in flight at once (transcribing, consulting, speaking).
     guild_concurrency: int = Field(3, ge=1)
-    # Added by the bot helper: how long to wait for a dropped voice connection to come back before moving on.
+    # How long to wait for a dropped voice connection to come back before moving on.
     voice_reconnect_seconds: float = Field(20.0, gt=0)
+
+    # Production: shards of this process (empty count = Discord's recommendation), metrics port, log format.
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _parse_shard_ids(cls, value: object, info: ValidationInfo) -> object:
+        """`0-3` or `4,5` (or both, `0-3,8`) → sorted shard numbers, each below SHARD_COUNT."""
+        if not isinstance(value, str):
+            return value
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("SHARD_IDS needs SHARD_COUNT: set the total number of shards of all processes too.")
+        ids: set[int] = set()
+        for part in value.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+            if first > last or last >= count:
+                raise ValueError(
+                    f"SHARD_IDS must list shard numbers below SHARD_COUNT ({count}) like 0-3 or 4,5, not {value!r}."
+                )
+            ids.update(range(first, last + 1))
+        return tuple(sorted(ids))
+
+    # Recordings downloaded and transcribed at once, all guilds together (bounds the memory uploads hold).
+    max_concurrent_transcriptions: int = Field(4, ge=1)
 
     # Graceful shutdown: on SIGTERM, seconds until the process has exited (answers in flight get two thirds).
     shutdown_seconds: float = Field(15.0, gt=0)

@@ -177,3 +177,25 @@ class GuildStore:
     def listening_channels(self, guild_id: int) -> list[int]:
         """The guild's listening channels, sorted."""
         return sorted(c for c, g in self._listening.items() if g == guild_id)
+
+    async def ping(self) -> bool:
+        """Whether the database answers `SELECT 1` now (False when it is closed or unreachable)."""
+        if self._engine is None:
+            return False
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(select(1))
+        except Exception:  # any failure (network, authentication, a broken file) means it does not answer
+            return False
+        return True
+
+    async def forget_guild(self, guild_id: int) -> None:
+        """Delete everything stored about a guild (the bot was removed from it)."""
+        async with self._session_factory().begin() as session:
+            await session.execute(delete(GuildSettings).where(GuildSettings.guild_id == guild_id))
+            await session.execute(delete(ListeningChannel).where(ListeningChannel.guild_id == guild_id))
+        self._listening = {c: g for c, g in self._listening.items() if g != guild_id}
+
+    async def forget_channel(self, channel_id: int) -> None:
+        """Delete everything stored about a channel (it was deleted)."""
+        await self.disable_channel(channel_id)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from audio.ffmpeg import ffmpeg_exe
-from audio.tts import TTSConfig, TTSEngine
+from audio.speech import TTSConfig
+from audio.speech.reference import TTSEngine
 from tests.fakes.inference import FakeInference
 from tests.fakes.tiny_parler import build_parler
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from audio.tts import SpeechStream, TTSError, Voice
+from audio.speech import SpeechStream, TTSError, Voice
 from bot.discord_io import tell
-from bot.playback import GuildPlayer, VoiceLink
+from bot.playback import RECONNECT_POLL_SECONDS, GuildPlayer, VoiceLink
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -39,6 +40,19 @@ def connect_problem(channel: VoiceChannel, me: discord.Member) -> str | None:
     return None
 
 
+def may_control(member: discord.Member, channel: discord.abc.Connectable | None) -> bool:
+    """The voice bots' rule: members in the bot's voice channel, or holding Move Members or Manage Server."""
+    perms = member.guild_permissions
+    in_channel = channel is not None and member.voice is not None and member.voice.channel == channel
+    return in_channel or perms.move_members or perms.manage_guild
+
+
+def not_yours(channel: discord.abc.Connectable | None) -> str:
+    """The refusal for members who may not control the voice."""
+    where = channel.mention if isinstance(channel, VoiceChannel) else "my voice channel"
+    return f"Only members in {where}, or with the Move Members permission, can do that."
+
+
 def listeners(channel: VoiceChannel, me: discord.Member) -> int:
     """People (not bots) in the channel besides the bot."""
     guild = channel.guild
@@ -56,6 +70,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         self.bot = bot
         self._players: dict[int, GuildPlayer] = {}
         self._channels: dict[int, int] = {}  # guild id → the voice channel the bot means to be in
+
+    @property
+    def answers_queued(self) -> int:
+        """Answers waiting or being spoken in all the guilds' players."""
+        return sum(player.pending + player.busy for player in self._players.values())
 
     def player(self, guild_id: int) -> GuildPlayer | None:
         """The guild's player while the bot is in one of its voice channels."""
@@ -93,6 +112,12 @@ class VoiceCog(commands.Cog, name="Voice"):
         if guild.voice_client is not None:
             await guild.voice_client.disconnect(force=True)
 
+    def _channel(self, guild: discord.Guild) -> discord.abc.Connectable | None:
+        """The voice channel the bot is in (or means to be in) in this guild."""
+        if guild.voice_client is not None:
+            return guild.voice_client.channel
+        return guild.get_channel(self._channels.get(guild.id, 0))  # type: ignore[return-value]
+
     async def _idle(self, guild_id: int) -> None:
         guild = self.bot.get_guild(guild_id)
         if guild is not None:
@@ -117,8 +142,10 @@ class VoiceCog(commands.Cog, name="Voice"):
         client = guild.voice_client if guild is not None and guild_id in self._channels else None
         if not isinstance(client, discord.VoiceClient):
             return None
-        wait = self.bot.settings.voice_reconnect_seconds
-        if client.is_connected() or await asyncio.to_thread(client.wait_until_connected, wait):
+        deadline = time.monotonic() + self.bot.settings.voice_reconnect_seconds
+        while not client.is_connected() and time.monotonic() < deadline:  # polled: no thread blocks on it
+            await asyncio.sleep(RECONNECT_POLL_SECONDS)
+        if client.is_connected():
             return client
         log.info("The voice connection in guild %s did not come back", guild_id)
         return None
@@ -141,6 +168,10 @@ class VoiceCog(commands.Cog, name="Voice"):
         if client is not None and client.channel == channel and guild.id in self._channels:
             await tell(interaction, f"I'm already in {channel.mention}.")
             return
+        player = self.player(guild.id)
+        if client is not None and player is not None and player.ahead and not may_control(member, client.channel):
+            await tell(interaction, f"I'm speaking elsewhere right now. {not_yours(client.channel)}")
+            return
         await interaction.response.defer(thinking=True)
         try:
             await self.join(channel)
@@ -148,19 +179,22 @@ class VoiceCog(commands.Cog, name="Voice"):
             log.warning("Joining %s failed: %s", channel.id, exc)
             await tell(interaction, f"I couldn't connect to {channel.mention}; please try again.", replace=True)
             return
-        status = self.bot.voice_status.value
+        note = self.bot.speech_status.note
         await interaction.edit_original_response(
-            content=f"🔊 Joined {channel.mention}: answers are spoken here now." + (f" {status}" if status else "")
+            content=f"🔊 Joined {channel.mention}: answers are spoken here now." + (f" {note}" if note else "")
         )
 
     @app_commands.command(name="leave", description="Leave the voice channel.")
     @app_commands.guild_only()
     async def leave_command(self, interaction: discord.Interaction) -> None:
         guild = interaction.guild
-        assert guild is not None
+        assert guild is not None and isinstance(interaction.user, discord.Member)
         client = guild.voice_client
         if client is None and guild.id not in self._channels:
             await tell(interaction, "I'm not in a voice channel.")
+            return
+        if not may_control(interaction.user, self._channel(guild)):
+            await tell(interaction, not_yours(self._channel(guild)))
             return
         await interaction.response.defer(thinking=True)
         channel = client.channel if client is not None else None
@@ -170,12 +204,16 @@ class VoiceCog(commands.Cog, name="Voice"):
     @app_commands.command(name="stop", description="Stop the answer being spoken and clear the queue.")
     @app_commands.guild_only()
     async def stop_command(self, interaction: discord.Interaction) -> None:
-        assert interaction.guild_id is not None
-        player = self.player(interaction.guild_id)
-        dropped = player.stop() if player is not None else 0
-        if not dropped:
+        guild = interaction.guild
+        assert guild is not None and isinstance(interaction.user, discord.Member)
+        player = self.player(guild.id)
+        if player is None or not player.ahead:
             await tell(interaction, "Nothing is being spoken right now.")
             return
+        if not may_control(interaction.user, self._channel(guild)):
+            await tell(interaction, not_yours(self._channel(guild)))
+            return
+        dropped = player.stop()
         plural = "s" if dropped > 1 else ""
         await interaction.response.send_message(f"⏹️ Stopped {dropped} answer{plural}.")
 
@@ -201,17 +239,20 @@ class VoiceCog(commands.Cog, name="Voice"):
             await self.leave(guild)
 
     @commands.Cog.listener()
-    async def on_ready(self) -> None:
-        """A new gateway session ends Discord's voice sessions: rejoin the channels the bot was speaking in."""
+    async def on_shard_ready(self, shard_id: int) -> None:
+        """A shard's new gateway session ends Discord's voice sessions of its guilds: rejoin the channels the
+        bot was speaking in (dropping the old session's voice clients, which discord.py keeps per shard)."""
         for guild_id, channel_id in list(self._channels.items()):
             guild = self.bot.get_guild(guild_id)
             channel = guild.get_channel(channel_id) if guild is not None else None
-            if guild is None or guild.voice_client is not None or not isinstance(channel, VoiceChannel):
+            if guild is None or guild.shard_id != shard_id or not isinstance(channel, VoiceChannel):
                 continue
             log.info("New gateway session: rejoining voice channel %s", channel_id)
             try:
+                if guild.voice_client is not None:
+                    await guild.voice_client.disconnect(force=True)
                 await self.join(channel)
-            except (discord.ClientException, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # each guild on its own: one failure never stops the others' rejoins
                 log.warning("Rejoining voice channel %s failed: %s", channel_id, exc)
                 await self._drop(guild_id)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from audio.ffmpeg import FFmpegTimeout, run_ffmpeg
 from audio.formats import ASR_SAMPLE_RATE, AudioInputError, AudioLimits, decode_upload, upload_to_flac
 from tests.fakes.audio_files import FORMATS, encode, speechlike
 
@@ -76,3 +81,43 @@ async def test_truncated_to_the_header_is_an_error(ffmpeg: str) -> None:
 async def test_silence(ffmpeg: str) -> None:
     with pytest.raises(AudioInputError, match="silent"):
         await decode_upload(encode(np.zeros(48_000, np.float32), "wav", ffmpeg), LIMITS, ffmpeg)
+
+
+async def test_a_playlist_upload_cannot_read_another_file(ffmpeg: str) -> None:
+    # Another member's question, lying in the shared temp directory where uploads used to be written.
+    folder = Path(tempfile.gettempdir())
+    secret = folder / f"question-{uuid.uuid4().hex}.wav"
+    secret.write_bytes(encode(speechlike(1.0), "wav", ffmpeg))
+    try:
+        for playlist in (f"ffconcat version 1.0\nfile {secret.name}\n", f"ffconcat version 1.0\nfile {secret}\n"):
+            with pytest.raises(AudioInputError, match="corrupt or isn't a sound recording"):
+                await decode_upload(playlist.encode(), LIMITS, ffmpeg)
+        m3u = f"#EXTM3U\n#EXTINF:1,\nfile://{secret}\n".encode()
+        with pytest.raises(AudioInputError):
+            await decode_upload(m3u, LIMITS, ffmpeg)
+    finally:
+        secret.unlink()
+
+
+async def test_uploads_are_written_to_private_folders_that_are_removed(
+    ffmpeg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args: object, **kwargs: object) -> str:
+        made.append(mkdtemp(*args, **kwargs))  # type: ignore[arg-type]
+        assert os.stat(made[-1]).st_mode & 0o077 == 0  # no one else may read it
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    await decode_upload(encode(speechlike(1.0), "ogg", ffmpeg), LIMITS, ffmpeg)
+    await decode_upload(encode(speechlike(1.0), "mp3", ffmpeg), LIMITS, ffmpeg)
+    assert len(set(made)) == 2 and not any(os.path.exists(path) for path in made)
+
+
+def test_every_ffmpeg_run_has_a_wall_clock_limit(ffmpeg: str) -> None:
+    # A 30 s source read in real time (-re) runs far past the limit, which kills it.
+    args = [ffmpeg, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-re", "-i", "sine=d=30", "-f", "s16le", "-"]
+    with pytest.raises(FFmpegTimeout):
+        run_ffmpeg(args, b"", timeout=0.5)

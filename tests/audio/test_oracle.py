@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub import constants as hub_constants
 
 from audio.inference import (
     AuthError,
@@ -65,8 +68,8 @@ async def test_http_errors_are_typed_and_not_retried(fake_inference: FakeInferen
     with pytest.raises(error) as info:
         await oracle_for(fake_inference).answer("Will I pass?")
     assert len(fake_inference.requests) == 1
-    assert info.value.user_message
-    assert TOKEN not in str(info.value) and TOKEN not in info.value.user_message
+    assert str(info.value) == info.value.sentence == error.SENTENCE
+    assert TOKEN not in info.value.detail
 
 
 async def test_busy_is_retried_honouring_retry_after(fake_inference: FakeInference) -> None:
@@ -135,6 +138,11 @@ async def test_hostile_reply_is_sanitised(fake_inference: FakeInference) -> None
         ("", FOOLISH),
         ('  ""  ', FOOLISH),
         ("**Bold** moves win ~~nothing~~", "Bold moves win nothing."),
+        ("# HUGE news ahead", "HUGE news ahead."),
+        ("-# > small print", "Small print."),
+        ("Visit https://evil.example/login for luck", "Visit for luck."),
+        ("Join discord.gg/freenitro or www.evil.example today", "Join or today."),
+        ("Patience\u200b is\u202e a virtue\u2060", "Patience is a virtue."),
     ],
 )
 def test_sanitize_examples(raw: str, expected: str) -> None:
@@ -154,3 +162,38 @@ def test_sanitize_caps_long_replies() -> None:
     assert answer.endswith(".")
     rambling = sanitize_answer("word " * 1000)
     assert len(rambling) <= MAX_ANSWER_CHARS + 1 and rambling.endswith("…")
+
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+NEWER_PROVIDER = {"deepinfra": {"status": "live", "providerId": MODEL, "task": "conversational"}}
+
+
+def chat_through_the_client_alone() -> None:
+    """What `provider="auto"` does inside huggingface_hub 0.36 (blocking: the Hub lookup is synchronous)."""
+
+    async def chat() -> None:
+        async with AsyncInferenceClient(provider="auto", api_key=TOKEN) as client:
+            await client.chat_completion([{"role": "user", "content": "Hi?"}], model=MODEL)
+
+    asyncio.run(chat())
+
+
+async def test_auto_works_when_the_hub_prefers_a_provider_newer_than_the_client(
+    fake_inference: FakeInference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_constants, "ENDPOINT", fake_inference.url)
+    fake_inference.provider_mapping = NEWER_PROVIDER
+    with pytest.raises(ValueError, match="Provider 'deepinfra' not supported"):
+        await asyncio.to_thread(chat_through_the_client_alone)
+    fake_inference.requests.clear()
+
+    router = f"{fake_inference.url}/v1"
+    oracle = Oracle(OracleConfig(model=MODEL, provider="auto", token=TOKEN, router_url=router, retry=FAST))
+    assert await oracle.answer("Will it work?") == fake_inference.chat_reply
+    (request,) = fake_inference.requests  # straight to the router: no Hub lookup at all
+    assert request.path == "/v1/chat/completions" and request.json()["model"] == MODEL
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+    named = Oracle(OracleConfig(model=MODEL, provider="deepinfra", token=TOKEN, router_url=router, retry=FAST))
+    await named.answer("And with a provider named?")
+    assert fake_inference.requests[-1].json()["model"] == f"{MODEL}:deepinfra"

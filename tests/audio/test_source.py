@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from audio.source import (
     ProducerMeter,
     StreamingSource,
 )
+from tests.audio.helpers import aligned_correlation, decode
 from tests.fakes.audio_files import speechlike
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,24 +86,6 @@ def ogg_opus(packets: list[bytes], *, max_segments: int = 255) -> bytes:
         + _ogg_pages([tags], [0], seq=1, flags=0, max_segments=max_segments)
         + _ogg_pages(packets, granules, seq=2, flags=0, max_segments=max_segments)
     )
-
-
-def decode(data: bytes, ffmpeg: str, *input_args: str) -> np.ndarray:
-    """Decode with ffmpeg to 48 kHz mono float32."""
-    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", *input_args, "-i", "pipe:0"]
-    cmd += ["-af", "aresample=resampler=soxr", "-ar", "48000", "-ac", "1", "-f", "f32le", "pipe:1"]
-    return np.frombuffer(subprocess.run(cmd, input=data, capture_output=True, check=True).stdout, "<f4")
-
-
-def aligned_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
-    """Pearson correlation of `a` and `b` at their best alignment, and that lag (a[i] ≈ b[i - lag])."""
-    n = len(a) + len(b)
-    cross = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)
-    lag = int(np.argmax(cross))
-    lag = lag - n if lag > len(a) else lag
-    x, y = (a[lag:], b) if lag >= 0 else (a, b[-lag:])
-    m = min(len(x), len(y))
-    return float(np.corrcoef(x[:m], y[:m])[0, 1]), lag
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -544,15 +526,34 @@ def _children() -> list[int]:
     return found
 
 
+def _pipe_ends(source: StreamingSource) -> dict[int, str]:
+    """The source's pipes to ffmpeg: fd → what it points at (`pipe:[inode]`)."""
+    proc = source._proc
+    fds = [stream.fileno() for stream in (proc.stdin, proc.stdout, proc.stderr) if stream is not None]
+    return {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in fds}
+
+
+def _still_open(ends: dict[int, str]) -> list[int]:
+    """Which of these fds still point at the same pipe (a closed fd may be reused for something else)."""
+    open_now = []
+    for fd, target in ends.items():
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == target:
+                open_now.append(fd)
+        except OSError:
+            continue
+    return open_now
+
+
 @pytest.mark.timeout(240)
 def test_two_hundred_utterances_leave_nothing_behind() -> None:
-    baseline_threads = threading.active_count()
-    baseline_tasks = len(os.listdir("/proc/self/task"))
-    baseline_fds = len(os.listdir("/proc/self/fd"))
+    # Only what the sources own is counted: their ffmpeg children, their named threads and their pipes (other
+    # libraries' threads and files in this process come and go on their own).
     chunk = speechlike(0.1, RATE)
-    endings = []
+    endings, leaked_fds = [], []
     for i in range(200):
         source = StreamingSource(RATE, opus=i % 4 != 3)
+        ends = _pipe_ends(source)
         source.feed(chunk)
         if i % 5 == 4:
             source.cancel()  # some end early, one kind at a time
@@ -563,10 +564,8 @@ def test_two_hundred_utterances_leave_nothing_behind() -> None:
             _drain(source)
         source.cleanup()
         endings.append(source.end_reason)
+        leaked_fds += _still_open(ends)
     assert set(endings) == {"finished", "cancelled", "error: ValueError: boom"}
     assert _children() == []
     assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("ffmpeg-")]
-    # Other tests' helper threads (asyncio executors) may have exited meanwhile, hence "at most".
-    assert threading.active_count() <= baseline_threads
-    assert len(os.listdir("/proc/self/task")) <= baseline_tasks
-    assert len(os.listdir("/proc/self/fd")) <= baseline_fds
+    assert leaked_fds == []

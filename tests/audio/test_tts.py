@@ -13,16 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from audio.tts import (
-    JENNY_DESCRIPTION,
-    SpeechScheduler,
-    TTSConfig,
-    TTSEngine,
-    TTSError,
-    TTSQueueFull,
-    Voice,
-    split_sentences,
-)
+from audio.speech import JENNY_DESCRIPTION, SpeechScheduler, TTSError, TTSQueueFull, Voice, split_sentences
+from audio.speech.reference import TTSEngine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,7 +192,10 @@ def test_generation_failure_reaches_the_consumer(tiny_tts_engine: TTSEngine, mon
 class ScriptedEngine:
     """Stands in for the model: one chunk at once, a second when released, or stops when cancelled."""
 
-    def __init__(self) -> None:
+    sample_rate = 16_000
+
+    def __init__(self, max_streams: int = 1) -> None:
+        self.max_streams = max_streams
         self.started: list[str] = []
         self.cancelled: list[str] = []
         self.release = threading.Event()
@@ -236,7 +231,7 @@ async def test_queue_is_bounded_and_says_so(scripted: tuple[ScriptedEngine, Spee
     running = scheduler.stream(1, "a", VOICE)
     await anext(running)
     queued = [scheduler.stream(2, "b", VOICE), scheduler.stream(3, "c", VOICE)]
-    with pytest.raises(TTSQueueFull, match="queue is full"):
+    with pytest.raises(TTSQueueFull, match="busy"):
         scheduler.stream(4, "d", VOICE)
     engine.release.set()
     assert len(await drain(running)) == 1
@@ -311,7 +306,7 @@ async def test_engine_failure_reaches_the_async_consumer(
 async def test_scheduler_streams_the_model_for_several_guilds(
     tiny_tts_engine: TTSEngine, solo_chunks: list[np.ndarray]
 ) -> None:
-    scheduler = SpeechScheduler(tiny_tts_engine, queue_size=TTSConfig().queue_size)
+    scheduler = SpeechScheduler(tiny_tts_engine)
     try:
         mine, other = await asyncio.gather(
             drain(scheduler.stream(1, TEXT, VOICE)), drain(scheduler.stream(2, OTHER, Voice("A deep voice.", 5)))
@@ -321,3 +316,79 @@ async def test_scheduler_streams_the_model_for_several_guilds(
     assert [len(chunk) for chunk in mine] == [len(chunk) for chunk in solo_chunks]
     np.testing.assert_array_equal(np.concatenate(mine), np.concatenate(solo_chunks))
     assert sum(len(chunk) for chunk in other) == 40 * HOP
+
+
+async def settled(scheduler: SpeechScheduler) -> None:
+    """Wait until every stream is free again (a stream is freed once its thread has returned)."""
+    async with asyncio.timeout(10):
+        while scheduler.running:
+            await asyncio.sleep(0.01)
+
+
+async def test_one_guild_cannot_fill_the_queue_and_hears_when_to_retry() -> None:
+    engine = ScriptedEngine()
+    scheduler = SpeechScheduler(engine, queue_size=8, queue_per_key=2)
+    try:
+        running = scheduler.stream("loud", "r", VOICE)
+        await anext(running)
+        waiting = [scheduler.stream("loud", f"w{i}", VOICE) for i in range(2)]
+        with pytest.raises(TTSQueueFull) as refused:
+            scheduler.stream("loud", "one too many", VOICE)
+        assert refused.value.retry_after is not None and refused.value.retry_after >= 1
+        assert f"about {int(refused.value.retry_after)} seconds" in refused.value.sentence
+        quiet = scheduler.stream("quiet", "q", VOICE)  # another guild still gets in
+        engine.release.set()
+        for stream in [running, *waiting, quiet]:
+            await drain(stream)
+        assert engine.started.index("q") < engine.started.index("w1")
+    finally:
+        await scheduler.close()
+
+
+async def test_streams_run_at_once_with_a_cap_per_guild() -> None:
+    engine = ScriptedEngine(max_streams=3)
+    scheduler = SpeechScheduler(engine, slots_per_key=2)
+    try:
+        streams = [scheduler.stream("busy", f"b{i}", VOICE) for i in range(3)] + [scheduler.stream("other", "o", VOICE)]
+        for stream in (streams[0], streams[1], streams[3]):
+            await anext(stream)  # three answers generate at once: two of "busy" (its cap) and "other"
+        assert scheduler.running == 3 and scheduler.waiting == 1
+        assert sorted(engine.started) == ["b0", "b1", "o"]
+        engine.release.set()
+        for stream in streams:
+            await drain(stream)
+        assert engine.started[-1] == "b2"
+        await settled(scheduler)
+        assert scheduler.waiting == 0 and scheduler._running == {}
+    finally:
+        await scheduler.close()
+
+
+async def test_the_turn_order_forgets_guilds_with_nothing_queued() -> None:
+    engine = ScriptedEngine()
+    engine.release.set()
+    scheduler = SpeechScheduler(engine)
+    try:
+        for guild in range(50):
+            await drain(scheduler.stream(guild, "x", VOICE))
+        await settled(scheduler)
+        assert scheduler._last_turn == {}
+    finally:
+        await scheduler.close()
+
+
+async def test_closing_the_scheduler_ends_waiting_and_running_answers() -> None:
+    engine = ScriptedEngine()
+    scheduler = SpeechScheduler(engine)
+    running = scheduler.stream(1, "r", VOICE)
+    await anext(running)
+    waiting = scheduler.stream(2, "w", VOICE)
+    await scheduler.close()
+    for stream in (running, waiting):
+        with pytest.raises(TTSError, match="closed"):
+            await drain(stream)
+    with pytest.raises(TTSError):
+        scheduler.stream(3, "late", VOICE)
+    async with asyncio.timeout(10):  # the running answer's thread sees its cancel flag within one step
+        while engine.cancelled != ["r"]:
+            await asyncio.sleep(0.01)

@@ -11,7 +11,7 @@ from typing import Any
 import discord
 import numpy as np
 
-from audio.tts import Voice
+from audio.speech import Voice
 
 
 async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -27,6 +27,8 @@ class SineEngine:
     A text listed in `fail_at` (or any text, with the key "*") raises after that many chunks (0: before any
     audio).
     """
+
+    max_streams = 1
 
     def __init__(
         self,

@@ -13,47 +13,30 @@ import pytest
 from audio.asr import TranscriptionUnavailable
 from audio.inference import AuthError, CreditsExhausted, InferenceError, InferenceTimeout, ModelBusy, ProviderError
 from audio.oracle import CLASSIC_ANSWERS
-from audio.tts import TTSConfig, TTSEngine
-from bot.client import VoiceStatus
+from audio.speech import TTSConfig
+from bot.client import SpeechStatus
 from bot.services import build_oracle
-from tests.bot.conftest import Scene, make_settings, running_bot
 from tests.bot.doubles import SineEngine, until
-from tests.emulator.records import EPHEMERAL, InteractionRecord
-from tests.fakes.audio_files import encode, speechlike
+from tests.bot.helpers import (
+    Scene,
+    answered,
+    ephemeral_reply,
+    fields,
+    final_embed,
+    make_settings,
+    running_bot,
+    spoken_question,
+)
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def final_embed(record: InteractionRecord) -> dict:
-    """The embed of the last edit of the original response."""
-    embeds = [e.body["embeds"] for e in record.edits if e.body.get("embeds")]
-    assert embeds, f"no answer embed in {record!r}"
-    return embeds[-1][0]
-
-
-def fields(embed: dict) -> dict[str, str]:
-    return {f["name"]: f["value"] for f in embed["fields"]}
-
-
-async def ephemeral_reply(record: InteractionRecord) -> str:
-    """The ephemeral sentence the asker got (a type-4 callback, or a follow-up after a public defer)."""
-    await record.wait_for(
-        lambda r: (r.callback and r.callback.type == 4) or any(f.flags & EPHEMERAL for f in r.followups), 30
-    )
-    if record.callback is not None and record.callback.type == 4:
-        assert record.ephemeral
-        return record.callback.data["content"]
-    (followup,) = [f for f in record.followups if f.flags & EPHEMERAL]
-    assert any(e.kind == "delete_original" and e.ok for e in record.events), "the public placeholder stays"
-    return followup.body["content"]
 
 
 async def test_text_question_is_answered_with_progress_embed_and_voice_message(scene: Scene, tmp_path: Path) -> None:
     engine = SineEngine()
     async with running_bot(scene.emu, make_settings(tmp_path), tts=engine):
         record = await scene.ask("Will it rain @everyone?")
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
 
         assert record.deferred and not record.ephemeral  # a visible "thinking" state, at once
         contents = [e.body.get("content") for e in record.edits]
@@ -78,7 +61,7 @@ async def test_text_question_is_answered_with_progress_embed_and_voice_message(s
     ("options", "expected"),
     [
         ({"question": "   "}, "Your question is empty: type something to ask."),
-        ({"question": "why " * 500}, "Your question is 2,000 characters long; please keep it under 300."),
+        ({"question": "why?" * 500}, "Your question is 2,000 characters long; please keep it under 300."),
         ({}, "Ask with either a typed question or an audio recording (one of the two)."),
         ({"audio": ("notes.txt", b"just some text", "text/plain")}, "That file isn't audio"),
         ({"audio": ("big.ogg", b"OggS" + bytes(5000), "audio/ogg")}, "That file is too large (0.0 MiB); the limit"),
@@ -94,11 +77,7 @@ async def test_bad_input_is_refused_at_once_and_privately(
         assert not record.deferred
         assert not bot.admission._in_flight  # a refused question holds nothing
         follow = await scene.ask("Still there?")
-        await follow.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
-
-
-def spoken_question(ffmpeg: str, seconds: float = 1.5) -> bytes:
-    return encode(speechlike(seconds), "ogg", ffmpeg)
+        await follow.wait_for(answered, 30)
 
 
 async def test_audio_question_is_transcribed_and_answered(
@@ -106,14 +85,8 @@ async def test_audio_question_is_transcribed_and_answered(
 ) -> None:
     settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr")
     async with running_bot(scene.emu, settings, tts=SineEngine()):
-        record = await scene.emu.slash_command(
-            scene.guild.id,
-            scene.text.id,
-            scene.alice.id,
-            "ask",
-            {"audio": ("q.ogg", spoken_question(ffmpeg), "audio/ogg")},
-        )
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        record = await scene.ask_recording(spoken_question(ffmpeg))
+        await record.wait_for(answered, 30)
         contents = [e.body.get("content") for e in record.edits]
         assert contents.index("🎧 Listening to your question…") < contents.index("🔮 Consulting the spirits…")
         assert fields(final_embed(record))["🎙️ You said"] == fake_inference.transcript
@@ -129,7 +102,7 @@ async def test_corrupt_audio_and_missing_speech_recognition_are_explained(
         assert "corrupt" in await ephemeral_reply(record)
     async with running_bot(scene.emu, make_settings(tmp_path)):
         record = await scene.emu.slash_command(scene.guild.id, scene.text.id, scene.alice.id, "ask", corrupt)
-        assert await ephemeral_reply(record) == TranscriptionUnavailable.user_message
+        assert await ephemeral_reply(record) == TranscriptionUnavailable.SENTENCE
     assert not fake_inference.requests  # corrupt audio never reaches the Inference API
 
 
@@ -152,21 +125,21 @@ async def test_inference_failures_are_explained_and_the_bot_keeps_serving(
     )
     async with running_bot(scene.emu, settings, oracle=build_oracle(settings)):
         fault(fake_inference)
-        assert await ephemeral_reply(await scene.ask("Will it work?")) == error.user_message
+        assert await ephemeral_reply(await scene.ask("Will it work?")) == error.SENTENCE
         record = await scene.ask("And now?")
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
         assert fields(final_embed(record))["🎱 The ball says"] == "A watched pot never boils."
 
 
 async def test_cooldown_says_how_long_to_wait(scene: Scene, tmp_path: Path) -> None:
     async with running_bot(scene.emu, make_settings(tmp_path, cooldown_seconds=60)):
         first = await scene.ask("One?")
-        await first.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await first.wait_for(answered, 30)
         refusal = await ephemeral_reply(await scene.ask("Two?"))
         assert re.fullmatch(r"Slow down: you can ask again in (\d+) seconds\.", refusal)
         assert 0 < int(re.findall(r"\d+", refusal)[0]) <= 60
         other = await scene.ask("Mine?", user=scene.mod)  # cooldowns are per member
-        await other.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await other.wait_for(answered, 30)
 
 
 async def test_guild_concurrency_is_bounded(scene: Scene, tmp_path: Path, fake_inference: FakeInference) -> None:
@@ -177,9 +150,9 @@ async def test_guild_concurrency_is_bounded(scene: Scene, tmp_path: Path, fake_i
         await first.wait_for(lambda r: r.deferred, 10)
         refusal = await ephemeral_reply(await scene.ask("Me too?", user=scene.mod))
         assert refusal.startswith("The ball is already pondering a question in this server")
-        await first.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await first.wait_for(answered, 30)
         after = await scene.ask("Now?", user=scene.mod)
-        await after.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await after.wait_for(answered, 30)
 
 
 @pytest.mark.parametrize("message_content", [False, True], ids=["no-content-intent", "content-intent"])
@@ -192,7 +165,7 @@ async def test_context_menu_answers_a_voice_message(
         record = await scene.emu.message_command(
             scene.guild.id, scene.text.id, scene.mod.id, "Ask the Magic 8 Ball", asked
         )
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
         assert fields(final_embed(record))["🎙️ You said"] == fake_inference.transcript
         reply = await scene.emu.wait_for_message(scene.text.id, lambda m: m.voice)
         assert int(reply.message_reference["message_id"]) == asked.id
@@ -223,16 +196,16 @@ async def test_voice_warms_up_in_the_background(scene: Scene, tmp_path: Path, mo
         assert loaded.wait(30)
         return engine
 
-    monkeypatch.setattr(TTSEngine, "load", slow_load)
+    monkeypatch.setattr("bot.client.load_engine", slow_load)
     async with running_bot(scene.emu, make_settings(tmp_path, tts_enabled=True)) as bot:
         record = await scene.ask("Are you awake?")
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
-        assert final_embed(record)["footer"]["text"] == f"🔇 {VoiceStatus.LOADING.value}"
+        await record.wait_for(answered, 30)
+        assert final_embed(record)["footer"]["text"] == f"🔇 {SpeechStatus.LOADING.value}"
         assert not scene.bot_messages()
         loaded.set()
-        await until(lambda: bot.voice_status is VoiceStatus.READY, 30)
+        await until(lambda: bot.speech_status is SpeechStatus.READY, 30)
         record = await scene.ask("And now?")
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
         assert "footer" not in final_embed(record)
         await scene.emu.wait_for_message(scene.text.id, lambda m: m.voice)
 
@@ -240,7 +213,7 @@ async def test_voice_warms_up_in_the_background(scene: Scene, tmp_path: Path, mo
 async def test_tts_failure_still_delivers_the_text(scene: Scene, tmp_path: Path) -> None:
     async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(fail_at={"*": 0})):
         record = await scene.ask("Can you speak?")
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
         embed = final_embed(record)
         assert embed["footer"]["text"] == "🔇 The voice faltered, so this answer is text only."
         assert fields(embed)["🎱 The ball says"] in CLASSIC_ANSWERS
@@ -251,7 +224,7 @@ async def test_without_voice_message_permission_the_answer_is_an_audio_file(scen
     scene.guild.set_overwrite(scene.text, scene.guild.bot_role, deny=discord.Permissions(send_voice_messages=True))
     async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()):
         record = await scene.ask("Quietly?")
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
         (attachment,) = record.original.attachments
         assert attachment.filename == "answer.ogg" and attachment.data.startswith(b"OggS")
         assert not scene.bot_messages()
@@ -274,5 +247,5 @@ async def test_removal_from_a_guild_mid_answer_does_not_stop_the_bot(
         bob = other.add_member("bob")
         await until(lambda: bot.get_guild(other.id) is not None)
         record = await scene.emu.slash_command(other.id, general.id, bob.id, "ask", {"question": "Still here?"})
-        await record.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 30)
+        await record.wait_for(answered, 30)
         assert fields(final_embed(record))["🎱 The ball says"] == "A watched pot never boils."

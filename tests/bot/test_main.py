@@ -5,37 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from audio.oracle import CLASSIC_ANSWERS
-from audio.tts import TTSConfig, TTSEngine, Voice
+from audio.errors import UserFacingError
+from audio.oracle import CLASSIC_ANSWERS, Oracle
+from audio.speech import TTSConfig, Voice
+from audio.speech.reference import TTSEngine
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
+from tests.bot.helpers import ROOT, SECRET, run_cli
 from tests.emulator import DiscordEmulator
 from tests.fakes.audio_files import encode, speechlike
 from tests.fakes.bot_process import spawn
 from tests.fakes.inference import FakeInference
-
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.not-a-real-token-but-shaped-like-one"
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields and not k.endswith("_TOKEN")}
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_missing_token_is_one_clear_sentence(tmp_path: Path) -> None:
@@ -167,7 +153,7 @@ async def test_ask_speak_writes_the_spoken_answer(
         loaded.append(config)
         return tiny_tts_engine
 
-    monkeypatch.setattr(TTSEngine, "load", load)
+    monkeypatch.setattr("audio.speech.load_engine", load)
     monkeypatch.setenv("TTS_MODEL", "parler-tts/parler-tts-mini-v1")
     monkeypatch.setenv("TTS_DEVICE", "cpu")
     out = tmp_path / "answer.wav"
@@ -191,3 +177,13 @@ def test_unreadable_audio_file_is_one_sentence(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"error: [Errno 2] No such file or directory: '{tmp_path / 'missing.ogg'}'"
+
+
+def test_any_user_facing_error_is_one_sentence(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    async def asleep(self: Oracle, question: str) -> str:
+        raise UserFacingError("The spirits are asleep; ask again at dawn.")
+
+    monkeypatch.setattr(Oracle, "answer", asleep)
+    assert main(["ask", "Are you there?"]) == 2
+    err = capsys.readouterr().err  # log lines may come before it
+    assert err.splitlines()[-1] == "error: The spirits are asleep; ask again at dawn. (UserFacingError)"

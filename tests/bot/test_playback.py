@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from audio.source import StreamingSource
-from audio.tts import SpeechScheduler, Voice
+from audio.speech import SpeechScheduler, Voice
 from bot.playback import GuildPlayer, Outcome, QueueFull, VoiceLink
 from tests.bot.doubles import FakeVoiceClient, SineEngine, until
 
@@ -26,7 +26,7 @@ class Rig:
         self.engine = engine
         self.client = FakeVoiceClient()
         self.idle = asyncio.Event()
-        self.scheduler = SpeechScheduler(engine, 8)
+        self.scheduler = SpeechScheduler(engine, queue_size=8)
         self.player = GuildPlayer(
             connect=self.connect,
             synthesize=lambda text, voice: self.scheduler.stream("guild", text, voice),

@@ -1,16 +1,14 @@
-"""GuildStore on SQLite and on a real PostgreSQL server, shared by two processes; presets and admission."""
+"""GuildStore on SQLite and on a real PostgreSQL server, shared by two processes; presets."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from bot.client import Admission
 from bot.presets import DEFAULT_PRESET, PRESETS, find_preset, search_presets
 from bot.store import DatabaseUnavailable, GuildStore
 
@@ -78,28 +76,6 @@ def test_presets_cover_the_named_speakers() -> None:
     assert "Naomie" in [p.name for p in search_presets("omi")]
     assert len(search_presets("")) == 25
 
-
-def test_cooldown_names_the_remaining_time() -> None:
-    admission = Admission(cooldown_seconds=60, per_guild=5)
-    assert admission.admit(1, 100) is None
-    admission.release(1)
-    refusal = admission.admit(1, 100)
-    assert refusal is not None
-    match = re.search(r"again in (\d+) seconds", refusal)
-    assert match and 1 <= int(match.group(1)) <= 60
-    assert admission.admit(1, 101) is None  # other members are not held back
-    assert admission.admit(2, 100) is None  # nor the same member in another guild
-
-
-def test_concurrency_bound_is_per_guild() -> None:
-    admission = Admission(cooldown_seconds=0, per_guild=2)
-    assert admission.admit(1, 100) is None
-    assert admission.admit(1, 101) is None
-    refusal = admission.admit(1, 102)
-    assert refusal is not None and "pondering 2 questions" in refusal
-    assert admission.admit(2, 102) is None
-    admission.release(1)
-    assert admission.admit(1, 102) is None
 
 
 async def test_a_corrupt_sqlite_file_is_one_sentence_naming_database_url(tmp_path: Path) -> None:

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import discord
 import pytest
 
-from tests.bot.conftest import Scene, make_settings, running_bot
 from tests.bot.doubles import SineEngine, until
-from tests.bot.test_ask import ephemeral_reply, fields, final_embed
-from tests.emulator.records import InteractionRecord
+from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join, make_settings, running_bot
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def answered(record: InteractionRecord) -> bool:
-    return any(e.body.get("embeds") for e in record.edits)
-
-
-async def join(scene: Scene) -> None:
-    """alice sits in the Lounge and asks the bot to join."""
-    await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
-    record = await scene.command("join")
-    await record.wait_for(lambda r: r.edits, 30)
-    assert record.edits[-1].body["content"].startswith("🔊 Joined")
-    await scene.emu.voice(scene.guild.id).wait_connected(1, 30)
 
 
 async def test_join_explains_what_is_missing(scene: Scene, tmp_path: Path) -> None:
@@ -111,7 +97,9 @@ async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path
         queued = await scene.ask("Next?")
         await queued.wait_for(lambda r: r.edits and "Waiting" in (r.edits[-1].body.get("content") or ""), 30)
         refusal = await ephemeral_reply(await scene.ask("And me?", user=scene.mod))
-        assert refusal == "1 answers are already waiting to be spoken here; ask again in a moment."
+        assert re.fullmatch(
+            r"1 answer is already waiting to be spoken here; ask again in about \d+ seconds?\.", refusal
+        )
         await (await scene.command("stop")).wait_for_response()
 
 
@@ -138,3 +126,70 @@ async def test_kicked_from_voice_answers_go_out_as_voice_messages(scene: Scene, 
         record = await scene.ask("Where did you go?")
         await record.wait_for(answered, 60)
         await scene.emu.wait_for_message(scene.text.id, lambda m: m.voice)
+
+
+async def test_only_listeners_or_moderators_control_the_voice(scene: Scene, tmp_path: Path) -> None:
+    stranger = scene.guild.add_member("stranger")
+    elsewhere = scene.guild.add_voice_channel("Elsewhere")
+    movers = scene.guild.add_role("Movers", discord.Permissions(move_members=True))
+    mover = scene.guild.add_member("mover", roles=[movers])
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.5)) as bot:
+        await join(scene)
+        speaking = await scene.ask("Long one?")
+        await speaking.wait_for(answered, 60)
+        refusal = f"Only members in <#{scene.lounge.id}>, or with the Move Members permission, can do that."
+        assert await ephemeral_reply(await scene.command("stop", user=stranger)) == refusal
+        assert await ephemeral_reply(await scene.command("leave", user=stranger)) == refusal
+        await scene.emu.set_voice_state(scene.guild.id, stranger.id, elsewhere.id)
+        moved = await ephemeral_reply(await scene.command("join", user=stranger))
+        assert moved == f"I'm speaking elsewhere right now. {refusal}"
+        player = bot.voice.player(scene.guild.id)
+        assert player is not None and player.busy  # still speaking, still in the Lounge
+        assert bot.get_guild(scene.guild.id).voice_client.channel.id == scene.lounge.id
+
+        stop = await scene.command("stop", user=mover)  # Move Members, not in voice
+        assert (await stop.wait_for_response()).data["content"] == "⏹️ Stopped 1 answer."
+        leave = await scene.command("leave")  # alice sits in the Lounge
+        await leave.wait_for(lambda r: r.edits, 30)
+        assert leave.edits[-1].body["content"] == f"👋 Left <#{scene.lounge.id}>."
+
+
+async def test_a_failed_rejoin_does_not_stop_the_other_guilds(scene: Scene, tmp_path: Path) -> None:
+    other = scene.emu.add_guild("Second")
+    lounge = other.add_voice_channel("Lounge")
+    general = other.add_text_channel("general")
+    bob = other.add_member("bob")
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()) as bot:
+        await join(scene)
+        await scene.emu.set_voice_state(other.id, bob.id, lounge.id)
+        record = await scene.emu.slash_command(other.id, general.id, bob.id, "join")
+        await record.wait_for(lambda r: r.edits, 30)
+        await scene.emu.voice(other.id).wait_connected(1, 30)
+
+        cog = bot.get_cog("Voice")
+        join_channel = cog.join
+        failed: list[int] = []
+
+        async def first_fails(channel: discord.VoiceChannel) -> None:
+            if not failed:
+                failed.append(channel.guild.id)
+                raise discord.HTTPException(FakeResponse(500), "Internal Server Error")
+            await join_channel(channel)
+
+        cog.join = first_fails
+        for guild in bot.guilds:  # the voice sessions ended with the gateway session
+            if guild.voice_client is not None:
+                await guild.voice_client.disconnect(force=True)
+        await cog.on_shard_ready(0)
+        (failed_guild,) = failed
+        rejoined = other.id if failed_guild == scene.guild.id else scene.guild.id
+        await until(lambda: bot.get_guild(rejoined).voice_client is not None, 30)
+        assert cog.player(rejoined) is not None and cog.player(failed_guild) is None
+
+
+class FakeResponse:
+    """What `discord.HTTPException` reads from an aiohttp response."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.reason = "Internal Server Error"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audio.tts import TTSEngine
+from audio.speech.reference import TTSEngine
 from tests.bot.conftest import scene  # noqa: F401  (the fixture)
 from tests.e2e.harness import load_voiced_engine
 

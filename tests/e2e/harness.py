@@ -3,9 +3,8 @@ voice sources, the RTP packets of one answer and how closely they match what the
 
 The tiny random-weight Parler-TTS checkpoint (`tests.fakes.tiny_parler`) keeps the real DAC codec, but with
 random weights its output is a DC offset plus a tone at the Nyquist frequency, almost independent of the codes:
-nothing that survives Opus or tells one answer from another. `build_voiced_parler` saves a copy whose codec
-decoder has no biases and ends in a smoothing filter with a speech-like level, so the audio depends on the codes
-and sits in the band Opus keeps (about 0.96 correlation through the bot's 64 kbit/s Opus; 0.35 between answers).
+nothing that survives Opus or tells one answer from another. `tests.fakes.tiny_parler.build_voiced_parler` saves
+an audible copy (about 0.96 correlation through the bot's 64 kbit/s Opus; 0.35 between answers).
 """
 
 from __future__ import annotations
@@ -19,43 +18,23 @@ from typing import Any
 
 import discord
 import numpy as np
-import torch
-from parler_tts import ParlerTTSForConditionalGeneration
 
 from audio.source import FRAME_SECONDS, StreamingSource
-from audio.tts import TTSConfig, TTSEngine
+from audio.speech import TTSConfig
+from audio.speech.reference import TTSEngine
 from bot.client import MagicBot
 from bot.services import build_oracle
 from bot.settings import Settings
-from tests.audio.test_source import aligned_correlation, decode
-from tests.bot.conftest import Scene, make_settings, running_bot
-from tests.emulator import DiscordEmulator, InteractionRecord, RtpPacket
+from tests.audio.helpers import aligned_correlation, decode
+from tests.bot.helpers import Scene, make_settings, running_bot
+from tests.emulator import DiscordEmulator, RtpPacket
 from tests.emulator.opus import decode_opus
 from tests.emulator.voice import SAMPLES_PER_FRAME, TRAILING_SILENCE_FRAMES
 from tests.fakes.inference import FakeInference
-from tests.fakes.tiny_parler import build_parler
+from tests.fakes.tiny_parler import build_voiced_parler
 
 FRAMES_PER_SENTENCE = 40  # 0.46 s of audio per sentence
-VOICED_GAIN = 300.0  # brings the smoothed codec output to about -19 dBFS RMS
 MIN_CORRELATION = 0.9
-
-
-def build_voiced_parler(path: Path) -> Path:
-    """A tiny random-weight Parler-TTS checkpoint whose codec output is audible and depends on the codes."""
-    build_parler(path)
-    model = ParlerTTSForConditionalGeneration.from_pretrained(path)
-    decoder = model.audio_encoder.model.decoder
-    with torch.no_grad():
-        for module in decoder.modules():
-            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) and module.bias is not None:
-                module.bias.zero_()
-        last = decoder.model[-2].parametrizations.weight  # the 7-tap output convolution (before tanh)
-        taps = last.original1.shape[-1]
-        window = torch.hann_window(taps + 2)[1:-1]
-        last.original1.copy_(last.original1[:, :, taps // 2 : taps // 2 + 1].sign() * window)
-        last.original0.mul_(VOICED_GAIN)
-    model.save_pretrained(path)
-    return path
 
 
 def load_voiced_engine(path: Path) -> TTSEngine:
@@ -99,9 +78,10 @@ class SourceSpy:
         bot.new_source = new_source  # type: ignore[method-assign]
 
 
-def build_scene(emu: DiscordEmulator, name: str = "Oracle Guild") -> Scene:
-    """A guild laid out like the `scene` fixture's: #general, the Lounge, a member and a moderator."""
-    guild = emu.add_guild(name)
+def build_scene(emu: DiscordEmulator, name: str = "Oracle Guild", shard: tuple[int, int] | None = None) -> Scene:
+    """A guild laid out like the `scene` fixture's: #general, the Lounge, a member and a moderator (`shard`:
+    `(id, count)` the guild belongs to)."""
+    guild = emu.add_guild(name, shard=shard)
     mods = guild.add_role("Mods", discord.Permissions(manage_guild=True))
     return Scene(
         emu,
@@ -127,21 +107,6 @@ async def serving(
     settings = e2e_settings(tmp_path, fake, **overrides)
     async with running_bot(scene.emu, settings, tts=engine, oracle=build_oracle(settings)) as bot:
         yield bot, SourceSpy(bot)
-
-
-async def join(scene: Scene, member_id: int | None = None, connections: int = 1) -> None:
-    """A member (alice by default) sits in the Lounge and asks the bot to join it."""
-    user = member_id or scene.alice.id
-    await scene.emu.set_voice_state(scene.guild.id, user, scene.lounge.id)
-    record = await scene.emu.slash_command(scene.guild.id, scene.text.id, user, "join")
-    await record.wait_for(lambda r: r.edits, 30)
-    assert record.edits[-1].body["content"].startswith("🔊 Joined")
-    await scene.emu.voice(scene.guild.id).wait_connected(connections, 30)
-
-
-def answered(record: InteractionRecord) -> bool:
-    """Whether the interaction's response shows the answer embed."""
-    return any(e.body.get("embeds") for e in record.edits)
 
 
 def answer_packets(packets: list[RtpPacket], start: int = 0) -> list[RtpPacket]:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio.tts import TTSEngine, Voice
-from tests.bot.conftest import Scene
-from tests.bot.test_ask import fields, final_embed
-from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, answered, assert_played_whole, join, serving
+from audio.speech import Voice
+from audio.speech.reference import TTSEngine
+from tests.bot.helpers import Scene, answered, fields, final_embed, join
+from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, assert_played_whole, serving
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,10 +9,9 @@ from typing import Any
 import discord
 import pytest
 
-from audio.tts import TTSEngine
-from tests.bot.conftest import Scene
-from tests.bot.test_ask import final_embed
-from tests.e2e.harness import answered, assert_played_whole, build_scene, heard, join, serving
+from audio.speech.reference import TTSEngine
+from tests.bot.helpers import Scene, answered, final_embed, join
+from tests.e2e.harness import assert_played_whole, build_scene, heard, serving
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,11 +10,10 @@ import pytest
 
 from audio.inference import ModelBusy, ProviderError
 from audio.source import FRAME_SECONDS
-from audio.tts import TTSEngine
-from tests.bot.conftest import Scene
+from audio.speech.reference import TTSEngine
 from tests.bot.doubles import until
-from tests.bot.test_ask import ephemeral_reply, fields, final_embed
-from tests.e2e.harness import SourceSpy, answered, assert_played_whole, heard, join, serving
+from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join
+from tests.e2e.harness import SourceSpy, assert_played_whole, heard, serving
 from tests.emulator import DiscordEmulator
 from tests.fakes.inference import FakeInference
 
@@ -126,9 +125,9 @@ async def test_inference_errors_are_retried_or_explained(
         fake_inference.fail(503, headers={"Retry-After": "0.1"})  # busy once: retried after Retry-After
         await assert_still_speaking(scene, spy, voiced_engine, ffmpeg)
         fake_inference.fail(503, times=2)  # still busy after the retry: the asker is told, privately
-        assert await ephemeral_reply(await scene.ask("Busy?")) == ModelBusy.user_message
+        assert await ephemeral_reply(await scene.ask("Busy?")) == ModelBusy.SENTENCE
         fake_inference.fail(500)  # not worth retrying
-        assert await ephemeral_reply(await scene.ask("Broken?")) == ProviderError.user_message
+        assert await ephemeral_reply(await scene.ask("Broken?")) == ProviderError.SENTENCE
         assert len(spy.spoken) == 1  # nothing was spoken for the failed questions
         await assert_still_speaking(scene, spy, voiced_engine, ffmpeg)
     chats = [r for r in fake_inference.requests if r.path.endswith("/chat/completions")]

@@ -11,7 +11,7 @@ import pytest
 
 from bot.shutdown import CANNOT_FINISH, REFUSAL
 from bot.store import GuildStore
-from tests.bot.conftest import Scene
+from tests.bot.helpers import Scene
 from tests.fakes.bot_process import spawn
 from tests.fakes.inference import FakeInference
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from audio.source import FRAME_SECONDS
-from audio.tts import TTSEngine
+from audio.speech.reference import TTSEngine
 from bot.playback import GuildPlayer
-from tests.bot.conftest import Scene
-from tests.bot.test_ask import final_embed
-from tests.e2e.harness import answered, assert_played_whole, heard, join, serving
+from tests.bot.helpers import Scene, answered, final_embed, join
+from tests.e2e.harness import assert_played_whole, heard, serving
 from tests.emulator.voice import TRAILING_SILENCE_FRAMES
 from tests.fakes.inference import FakeInference
 

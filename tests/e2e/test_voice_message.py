@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from audio.tts import TTSEngine, Voice
+from audio.speech import Voice
+from audio.speech.reference import TTSEngine
 from audio.voice_message import waveform
-from tests.audio.test_source import decode
-from tests.bot.conftest import Scene
-from tests.bot.test_ask import fields, spoken_question
+from tests.audio.helpers import decode
+from tests.bot.helpers import Scene, fields, spoken_question
 from tests.e2e.harness import MIN_CORRELATION, serving, similarity
 from tests.emulator.records import VOICE_MESSAGE
 from tests.fakes.inference import FakeInference

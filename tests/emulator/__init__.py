@@ -3,7 +3,8 @@
 Usage (the ``emulator`` fixture in ``tests/emulator/fixtures.py`` is started and patched already)::
 
     async with DiscordEmulator() as emu:        # options: interaction_deadline=3.0, utterance_gap=0.5,
-        with emu.patch():                       #   voice_heartbeat_interval_ms, privileged_intents
+        with emu.patch():                       #   voice_heartbeat_interval_ms, privileged_intents,
+                                                #   recommended_shards=1 (GET /gateway/bot's "shards")
                                                 # Route.BASE and DEFAULT_GATEWAY -> emulator
             guild = emu.add_guild("Guild")      # bot is a member; GuildState
             text = guild.add_text_channel("general"); vc = guild.add_voice_channel("Voice")
@@ -15,7 +16,8 @@ Usage (the ``emulator`` fixture in ``tests/emulator/fixtures.py`` is started and
 
 World (``emu.world``; guilds are announced with GUILD_CREATE after READY, or on the next loop turn when
 added while connected; later changes dispatch CHANNEL_CREATE/UPDATE, GUILD_ROLE_*, GUILD_MEMBER_ADD):
-    emu.bot / emu.add_user(name) / emu.add_guild(name, owner_id=None) -> GuildState / emu.guild(id)
+    emu.bot / emu.add_user(name) / emu.add_guild(name, owner_id=None, shard=None) -> GuildState / emu.guild(id)
+        (shard=(id, count): the guild's id lands on that shard)
     guild.add_text_channel(name), guild.add_voice_channel(name, user_limit=0) -> ChannelState
     guild.add_role(name, permissions), guild.set_role_permissions(role, permissions)
     guild.add_member(name_or_user, roles=()), guild.set_overwrite(channel, role_or_member, allow=, deny=)
@@ -47,13 +49,21 @@ Records:
         sequence_gaps(), timestamp_errors(), continuous, trailing_silence, ogg_header_packets,
         arrival_gaps, duration, await decode() -> float32 (n, 2) at 48 kHz), dropped,
         decrypt_failures; await wait_for_utterances(n, timeout), await wait_connected(n, timeout)
-    await emu.wait_for(predicate, timeout), await emu.wait_until_connected(timeout)
+    await emu.wait_for(predicate, timeout), await emu.wait_until_connected(timeout, guild_id=None)
+
+Shards: each IDENTIFY's ``shard`` [id, count] opens that shard's session (``emu.gateway.sessions[id]``;
+``emu.gateway.session`` is shard 0's, an unsharded client's only one). A guild belongs to shard
+``(guild_id >> 22) % count``: READY, GUILD_CREATE, every event of the guild, its interactions and its voice
+(op 4 answers) go to that shard's session only; op 4 or 8 about a guild sent on another shard's connection is
+ignored and kept in ``emu.gateway.misrouted``. Counters (identifies, resumes, ...) add up all shards.
 
 Faults:
     emu.fail_rest(method, path_regex, status=500|429, times=1, retry_after=0.1, is_global=False)
     await emu.close_voice(guild_id, code=4006|4015), emu.udp_blackhole(guild_id, enabled=True)
-    await emu.disconnect_gateway(resume=True)  # close 4000 -> RESUME; resume=False -> INVALID_SESSION
-    emu.request_reconnect()                    # op 7
+    await emu.disconnect_gateway(resume=True, shard_id=None)  # close 4000 -> RESUME; resume=False ->
+                                               # INVALID_SESSION; every shard, or one
+    emu.request_reconnect(shard_id=None)       # op 7
+    async with emu.gateway_down(): ...         # every shard closed (4000); no HELLO until the block ends
 
 Discord behaviour kept: 401 on a wrong bot token, 403 Missing Permissions (50013) on channel posts without
 SEND_MESSAGES/ATTACH_FILES, 50173 without SEND_VOICE_MESSAGES, voice-message rules (50159/50160/50161,

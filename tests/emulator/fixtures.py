@@ -1,4 +1,4 @@
-"""Pytest fixtures for the Discord emulator (loaded by the lead's conftest via ``pytest_plugins``)."""
+"""Pytest fixtures for the Discord emulator (loaded by tests/conftest.py via ``pytest_plugins``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from .server import DiscordEmulator
 @pytest.fixture
 async def emulator() -> AsyncIterator[DiscordEmulator]:
     """A started emulator with discord.py's REST base and gateway pointed at it; fails the test if
-    the emulator itself raised while handling a request."""
+    the emulator itself raised while handling a request, or a client sent a guild's frame on another shard."""
     async with DiscordEmulator() as emu:
         with emu.patch():
             yield emu
     assert not emu.internal_errors, f"the emulator failed internally: {emu.internal_errors!r}"
+    assert not emu.gateway.misrouted, f"frames sent on the wrong shard: {emu.gateway.misrouted!r}"

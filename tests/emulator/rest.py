@@ -259,7 +259,8 @@ class RestApi:
     # -- identity and commands ------------------------------------------------------------------------
     async def get_gateway(self, request: web.Request) -> web.Response:
         limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
-        return json_response({"url": self.emu.gateway_url, "shards": 1, "session_start_limit": limit})
+        shards = self.emu.recommended_shards
+        return json_response({"url": self.emu.gateway_url, "shards": shards, "session_start_limit": limit})
 
     async def get_me(self, request: web.Request) -> web.Response:
         return json_response(self.emu.world.bot.payload())

@@ -34,7 +34,7 @@ from .records import (
 )
 from .rest import RestApi
 from .voice import VoiceRecord, VoiceServer
-from .world import GuildState, Json, UserState, VoiceStateEntry, World, snowflake
+from .world import GuildState, Json, UserState, VoiceStateEntry, World, snowflake, snowflake_on_shard
 
 T = TypeVar("T")
 MESSAGE_CONTENT_INTENT = 1 << 15
@@ -71,6 +71,7 @@ class DiscordEmulator:
         interaction_deadline: float = 3.0,
         utterance_gap: float = 0.5,
         privileged_intents: int = PRIVILEGED_INTENTS,
+        recommended_shards: int = 1,
     ) -> None:
         self.token = f"emulator.{secrets.token_urlsafe(24)}"
         self.world = World(bot_name)
@@ -78,6 +79,7 @@ class DiscordEmulator:
         self.app_owner = self.world.add_user("Application Owner")
         self.notifier = Notifier()
         self.interaction_deadline = interaction_deadline
+        self.recommended_shards = recommended_shards  # GET /gateway/bot's "shards"
         self.messages: dict[int, MessageRecord] = {}
         self.attachments: dict[int, AttachmentRecord] = {}
         self.pending_uploads: set[str] = set()
@@ -122,7 +124,8 @@ class DiscordEmulator:
 
     async def close(self) -> None:
         """Stop all servers."""
-        if self.gateway.ready:
+        self.gateway.accepting.set()
+        if any(s.connection is not None for s in self.gateway.sessions.values()):
             await self.gateway.close(1001)
         await self.voice_server.stop()
         if self._runner is not None:
@@ -200,10 +203,14 @@ class DiscordEmulator:
         """Create a user that can then join guilds."""
         return self.world.add_user(name)
 
-    def add_guild(self, name: str = "Test Guild", owner_id: int | None = None) -> GuildState:
-        """Create a guild with the bot in it; a connected client gets GUILD_CREATE on the next loop turn."""
-        guild = self.world.add_guild(name, owner_id)
-        if self.gateway.session is not None:
+    def add_guild(
+        self, name: str = "Test Guild", owner_id: int | None = None, *, shard: tuple[int, int] | None = None
+    ) -> GuildState:
+        """Create a guild with the bot in it (``shard=(id, count)``: with an id on that shard); its connected
+        shard gets GUILD_CREATE on the next loop turn."""
+        guild_id = snowflake_on_shard(*shard) if shard is not None else None
+        guild = self.world.add_guild(name, owner_id, guild_id)
+        if self.gateway.session_for(guild.id) is not None:
             asyncio.get_running_loop().call_soon(self.gateway.announce, guild.id)
         return guild
 
@@ -216,14 +223,15 @@ class DiscordEmulator:
         guild = self.world.guilds[guild_id]
         guild.members.pop(self.bot.id)
         guild.voice_states.pop(self.bot.id, None)
-        if self.gateway.session is not None:
-            self.gateway.session.announced.discard(guild_id)
-        await self._sent(self.gateway.dispatch("GUILD_DELETE", {"id": str(guild_id)}))
+        session = self.gateway.session_for(guild_id)
+        if session is not None:
+            session.announced.discard(guild_id)
+        await self._sent(self.gateway.dispatch("GUILD_DELETE", {"id": str(guild_id)}, session=session))
 
     def _on_world_event(self, guild: GuildState, name: str, data: Json) -> None:
-        session = self.gateway.session
+        session = self.gateway.session_for(guild.id)
         if session is not None and guild.id in session.announced:
-            self.gateway.dispatch(name, data)
+            self.gateway.dispatch(name, data, session=session)
 
     # -- records --------------------------------------------------------------------------------------
     def commands(self, guild_id: int | None = None) -> list[Json]:
@@ -257,7 +265,7 @@ class DiscordEmulator:
 
     def _message_payload(self, message: MessageRecord) -> Json:
         payload = message.payload()
-        session = self.gateway.session
+        session = self.gateway.session_for(message.guild_id)
         mentioned = any(int(m["id"]) == self.bot.id for m in message.mentions)
         if session and not session.intents & MESSAGE_CONTENT_INTENT and message.author != self.bot and not mentioned:
             payload.update(content="", embeds=[], attachments=[], components=[])
@@ -269,13 +277,13 @@ class DiscordEmulator:
         self.notifier.notify()
         if message.ephemeral:
             return None
-        return self.gateway.dispatch("MESSAGE_CREATE", self._message_payload(message))
+        return self.gateway.dispatch("MESSAGE_CREATE", self._message_payload(message), guild_id=message.guild_id)
 
     def update_message(self, message: MessageRecord) -> None:
         """Dispatch MESSAGE_UPDATE for an edited non-ephemeral message."""
         self.notifier.notify()
         if not message.ephemeral:
-            self.gateway.dispatch("MESSAGE_UPDATE", self._message_payload(message))
+            self.gateway.dispatch("MESSAGE_UPDATE", self._message_payload(message), guild_id=message.guild_id)
 
     def delete_message(self, message: MessageRecord) -> None:
         """Mark a message deleted and dispatch MESSAGE_DELETE."""
@@ -283,22 +291,28 @@ class DiscordEmulator:
         self.notifier.notify()
         if not message.ephemeral:
             ids = {"id": str(message.id), "channel_id": str(message.channel_id), "guild_id": str(message.guild_id)}
-            self.gateway.dispatch("MESSAGE_DELETE", ids)
+            self.gateway.dispatch("MESSAGE_DELETE", ids, guild_id=message.guild_id)
 
     # -- waiting --------------------------------------------------------------------------------------
     async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0, what: str = "a condition") -> T:
         """Wait until ``predicate()`` is truthy (re-checked whenever the emulator records something)."""
         return await self.notifier.wait_for(predicate, timeout, what)
 
-    async def wait_until_connected(self, timeout: float = 10.0) -> None:
-        """Wait until a client identified and every guild it is in was announced."""
+    async def wait_until_connected(self, timeout: float = 10.0, guild_id: int | None = None) -> None:
+        """Wait until every identified shard is connected and announced its guilds (with ``guild_id``: until
+        that guild's shard is connected and announced it)."""
+
+        def announced(guild: GuildState) -> bool:
+            session = self.gateway.session_for(guild.id)
+            return session is not None and session.connection is not None and guild.id in session.announced
 
         def connected() -> bool:
-            session = self.gateway.session
+            if guild_id is not None:
+                return announced(self.world.guilds[guild_id])
             return self.gateway.ready and all(
-                g.id in session.announced  # type: ignore[union-attr]
+                announced(g)
                 for g in self.world.guilds.values()
-                if g.bot_member is not None
+                if g.bot_member is not None and self.gateway.session_for(g.id) is not None
             )
 
         await self.wait_for(connected, timeout, "a connected, identified client")
@@ -412,12 +426,12 @@ class DiscordEmulator:
         }
         record = InteractionRecord(self.notifier, payload)
         self.interactions[record.token] = record
-        await self.wait_until_connected()
+        await self.wait_until_connected(guild_id=guild_id)
 
         def sent(at: float) -> None:
             record.dispatched_at = at
 
-        await self._sent(self.gateway.dispatch("INTERACTION_CREATE", payload, sent))
+        await self._sent(self.gateway.dispatch("INTERACTION_CREATE", payload, sent, guild_id=guild_id))
         return record
 
     async def slash_command(
@@ -487,7 +501,7 @@ class DiscordEmulator:
             member=guild.member(author_id).payload(with_user=False),
             mentions=mentions,
         )
-        await self.wait_until_connected()
+        await self.wait_until_connected(guild_id=guild.id)
         await self._sent(self.add_message(message))
         return message
 
@@ -499,10 +513,12 @@ class DiscordEmulator:
             guild.voice_states.pop(user_id, None)
         else:
             guild.voice_states[user_id] = VoiceStateEntry(user_id, channel_id, secrets.token_hex(16))
-        await self.wait_until_connected()
+        await self.wait_until_connected(guild_id=guild_id)
         await self._sent(
             self.gateway.dispatch(
-                "VOICE_STATE_UPDATE", guild.voice_state_payload(user_id, guild.voice_states.get(user_id))
+                "VOICE_STATE_UPDATE",
+                guild.voice_state_payload(user_id, guild.voice_states.get(user_id)),
+                guild_id=guild_id,
             )
         )
         connection = self.voice(guild_id).connection
@@ -525,21 +541,21 @@ class DiscordEmulator:
         self.voice_requests.append(
             VoiceRequest(guild.id, channel_id, bool(data.get("self_mute")), bool(data.get("self_deaf")), accepted)
         )
-        session = self.gateway.session
+        session = self.gateway.session_for(guild.id)
         if not accepted or session is None:
             return
         if channel_id is None:
             guild.voice_states.pop(self.bot.id, None)
-            self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, None))
+            self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, None), session=session)
             return
         entry = VoiceStateEntry(
             self.bot.id, channel_id, session.id, bool(data.get("self_mute")), bool(data.get("self_deaf"))
         )
         guild.voice_states[self.bot.id] = entry
-        self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, entry))
+        self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, entry), session=session)
         token = self.voice_server.allocate(guild.id, channel_id, session.id, self.bot.id)
         server_update = {"token": token, "guild_id": str(guild.id), "endpoint": self.voice_server.endpoint}
-        self.gateway.dispatch("VOICE_SERVER_UPDATE", server_update)
+        self.gateway.dispatch("VOICE_SERVER_UPDATE", server_update, session=session)
 
     # -- faults ---------------------------------------------------------------------------------------
     def fail_rest(
@@ -565,14 +581,25 @@ class DiscordEmulator:
         """Drop every UDP datagram of the guild's voice (no IP discovery answers, no audio recorded)."""
         self.voice(guild_id).blackhole = enabled
 
-    async def disconnect_gateway(self, resume: bool = True) -> None:
-        """Drop the gateway: close with 4000 so the client RESUMEs, or (``resume=False``) send
-        INVALID_SESSION so it identifies again."""
+    async def disconnect_gateway(self, resume: bool = True, shard_id: int | None = None) -> None:
+        """Drop the gateway of every shard (or one): close with 4000 so the client RESUMEs, or
+        (``resume=False``) send INVALID_SESSION so it identifies again."""
         if resume:
-            await self.gateway.close(4000)
+            await self.gateway.close(4000, shard_id)
         else:
-            self.gateway.send_op(9, False)
+            self.gateway.send_op(9, False, shard_id)
 
-    def request_reconnect(self) -> None:
-        """Send op 7 RECONNECT; the client reconnects and RESUMEs."""
-        self.gateway.send_op(7, None)
+    def request_reconnect(self, shard_id: int | None = None) -> None:
+        """Send op 7 RECONNECT to every shard (or one); the client reconnects and RESUMEs."""
+        self.gateway.send_op(7, None, shard_id)
+
+    @asynccontextmanager
+    async def gateway_down(self) -> AsyncIterator[None]:
+        """An outage: every shard's socket closes with 4000 and reconnecting sockets get no HELLO until the
+        block ends; then they RESUME."""
+        self.gateway.accepting.clear()
+        try:
+            await self.gateway.close(4000)
+            yield
+        finally:
+            self.gateway.accepting.set()

@@ -455,3 +455,52 @@ async def test_voice_states_heartbeats_and_forced_disconnect() -> None:
                 await _until(lambda: not voice_client.is_connected() and not client.voice_clients)
     assert record.connections[0].close_codes == [4014]
     assert not emulator.internal_errors
+
+
+class ShardBot(commands.AutoShardedBot):
+    """A sharded client recording the interactions it receives."""
+
+    def __init__(self, emu: DiscordEmulator, **options: object) -> None:
+        super().__init__(command_prefix="!", intents=discord.Intents.default(), **emu.client_options(), **options)
+        self.interactions: list[int] = []
+
+        @app_commands.command(name="where", description="Which shard answers")
+        async def where(interaction: discord.Interaction) -> None:
+            self.interactions.append(interaction.guild_id or 0)
+            await interaction.response.send_message(f"shard {interaction.guild.shard_id}")  # type: ignore[union-attr]
+
+        self.tree.add_command(where)
+
+    async def setup_hook(self) -> None:
+        await self.tree.sync()
+
+
+async def test_shards_get_only_their_guilds_interactions_and_voice(emulator: DiscordEmulator) -> None:
+    guilds = [emulator.add_guild(f"Guild {i}", shard=(i % 2, 2)) for i in range(4)]
+    lounges = [guild.add_voice_channel("Lounge") for guild in guilds]
+    alice = emulator.add_user("alice")
+    for guild in guilds:
+        guild.add_member(alice)
+    clients = [ShardBot(emulator, shard_count=2, shard_ids=[shard]) for shard in (0, 1)]
+    async with emulator.run_client(clients[0]), emulator.run_client(clients[1]):
+        assert [sorted(g.id for g in c.guilds) for c in clients] == [
+            sorted(g.id for g in guilds[0::2]),
+            sorted(g.id for g in guilds[1::2]),
+        ]
+        for index, guild in enumerate(guilds):
+            channel = guild.add_text_channel("general")
+            await emulator.wait_until_connected(guild_id=guild.id)
+            record = await emulator.slash_command(guild.id, channel.id, alice.id, "where")
+            assert (await record.wait_for_response()).data["content"] == f"shard {index % 2}"
+        assert [c.interactions for c in clients] == [[g.id for g in guilds[0::2]], [g.id for g in guilds[1::2]]]
+
+        voice_client = await clients[1].get_channel(lounges[1].id).connect(timeout=10)
+        assert voice_client.is_connected() and len(emulator.voice(guilds[1].id).connections) == 1
+        await clients[0]._get_websocket(shard_id=0).voice_state(guilds[3].id, lounges[3].id)
+        await emulator.wait_for(lambda: emulator.gateway.misrouted)
+        assert [int(frame["d"]["guild_id"]) for frame in emulator.gateway.misrouted] == [guilds[3].id]
+        assert [r.guild_id for r in emulator.voice_requests] == [guilds[1].id]
+        emulator.gateway.misrouted.clear()  # sent on purpose
+        await voice_client.disconnect()
+    gateway_bot = [r for r in emulator.requests if r.path == "/api/v10/gateway/bot"]
+    assert not gateway_bot  # the shard count was given: no need to ask Discord

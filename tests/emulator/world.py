@@ -49,6 +49,18 @@ def snowflake() -> int:
     return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(_increment) & 0x3FFFFF)
 
 
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard a guild belongs to (Discord's formula)."""
+    return (guild_id >> 22) % shard_count
+
+
+def snowflake_on_shard(shard_id: int, shard_count: int) -> int:
+    """A fresh snowflake that, as a guild id, lands on ``shard_id`` of ``shard_count`` (a few ms ahead)."""
+    value = snowflake()
+    ahead = (shard_id - shard_of(value, shard_count)) % shard_count
+    return value + (ahead << 22)
+
+
 def iso_now() -> str:
     """The current time as Discord's ISO 8601 timestamp."""
     return datetime.now(timezone.utc).isoformat()
@@ -206,9 +218,9 @@ class VoiceStateEntry:
 class GuildState:
     """A guild with roles, channels, members and voice states; changes are reported to the world."""
 
-    def __init__(self, world: World, name: str, owner: UserState) -> None:
+    def __init__(self, world: World, name: str, owner: UserState, guild_id: int | None = None) -> None:
         self.world = world
-        self.id = snowflake()
+        self.id = guild_id or snowflake()
         self.name = name
         self.owner_id = owner.id
         self.roles: dict[int, RoleState] = {}
@@ -250,6 +262,11 @@ class GuildState:
     def add_voice_channel(self, name: str = "Voice", *, user_limit: int = 0) -> ChannelState:
         """Create a voice channel (``user_limit`` 0 = unlimited)."""
         return self._add_channel(name, VOICE_CHANNEL, user_limit)
+
+    def delete_channel(self, channel: ChannelState) -> None:
+        """Delete a channel (dispatches CHANNEL_DELETE)."""
+        del self.channels[channel.id]
+        self._event("CHANNEL_DELETE", channel.payload())
 
     def add_member(self, user: UserState | str, roles: Iterable[RoleState] = ()) -> MemberState:
         """Add a member, creating the user when given a name; dispatches GUILD_MEMBER_ADD."""
@@ -400,10 +417,10 @@ class World:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str, owner_id: int | None = None) -> GuildState:
+    def add_guild(self, name: str, owner_id: int | None = None, guild_id: int | None = None) -> GuildState:
         """Create a guild the bot is a member of (owner: an existing user id or a new user)."""
         owner = self.users[owner_id] if owner_id is not None else self.add_user(f"{name} owner")
-        guild = GuildState(self, name, owner)
+        guild = GuildState(self, name, owner, guild_id)
         self.guilds[guild.id] = guild
         return guild
 

@@ -1,8 +1,9 @@
 """A local fake of the Hugging Face Inference API (and OpenAI-compatible servers) on 127.0.0.1.
 
 It answers exactly what huggingface_hub 0.36 sends: raw-audio ASR posts (`{"text": ...}`) and
-`/v1/chat/completions` (OpenAI JSON), plus multipart `/v1/audio/transcriptions`. Every request is recorded;
-faults are injected on demand.
+`/v1/chat/completions` (OpenAI JSON), plus multipart `/v1/audio/transcriptions`, and the Hub's model info with its
+provider mapping (`GET /api/models/<id>?expand=inferenceProviderMapping`, what `provider="auto"` reads; point
+`huggingface_hub.constants.ENDPOINT` here). Every request is recorded; faults are injected on demand.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class FakeInference:
         self.requests: list[RecordedRequest] = []
         self.transcript = "Should I adopt a dog?"
         self.chat_reply = "A watched pot never boils."
+        # provider → mapping entry, in the account's preference order (the Hub's JSON shape)
+        self.provider_mapping: dict[str, dict[str, str]] = {
+            "hf-inference": {
+                "status": "live",
+                "providerId": "meta-llama/Llama-3.1-8B-Instruct",
+                "task": "conversational",
+            }
+        }
         self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -89,6 +98,11 @@ class FakeInference:
             return web.Response(status=fault.status, text=text, headers=fault.headers, content_type="application/json")
         if fault.malformed:
             return web.Response(status=200, text="<html>not json", content_type="application/json")
+        if request.method == "GET" and request.path.startswith("/api/models/"):
+            model_id = request.path.removeprefix("/api/models/")
+            return web.json_response(
+                {"id": model_id, "_id": model_id, "inferenceProviderMapping": self.provider_mapping}
+            )
         if request.path.endswith("/chat/completions"):
             return web.json_response(self._chat(json.loads(body)))
         return web.json_response({"text": self.transcript})

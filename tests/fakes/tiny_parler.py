@@ -15,6 +15,8 @@ from parler_tts import DACConfig, ParlerTTSConfig, ParlerTTSDecoderConfig, Parle
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, T5Config
 
+from bot.presets import JENNY_DESCRIPTION
+
 Arch = Literal["tiny", "mini"]
 
 CODEBOOK_SIZE = 1024
@@ -24,12 +26,9 @@ DECODER_VOCAB = CODEBOOK_SIZE + 64
 PAD_ID = EOS_ID = CODEBOOK_SIZE
 BOS_ID = CODEBOOK_SIZE + 1
 
-JENNY = (
-    "Jenny speaks at an average pace with a calm delivery in a very confined sounding environment "
-    "with clear audio quality."
-)
+VOICED_GAIN = 300.0  # brings the smoothed codec output of `build_voiced_parler` to about -19 dBFS RMS
 CORPUS = [
-    JENNY,
+    JENNY_DESCRIPTION,
     "It is certain. It is decidedly so. Without a doubt. Yes, definitely. You may rely on it.",
     "As I see it, yes. Most likely. Outlook good. Yes. Signs point to yes.",
     "Reply hazy, try again. Ask again later. Better not tell you now. Cannot predict now.",
@@ -115,4 +114,27 @@ def build_parler(path: Path, arch: Arch = "tiny", seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def build_voiced_parler(path: Path) -> Path:
+    """A tiny random-weight Parler-TTS checkpoint whose codec output is audible and depends on the codes.
+
+    With random weights the codec's output is a DC offset plus a tone at the Nyquist frequency, almost
+    independent of the codes. This copy's codec decoder has no biases and ends in a smoothing filter with a
+    speech-like level, so the audio depends on the codes and sits in the band Opus keeps.
+    """
+    build_parler(path)
+    model = ParlerTTSForConditionalGeneration.from_pretrained(path)
+    decoder = model.audio_encoder.model.decoder
+    with torch.no_grad():
+        for module in decoder.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) and module.bias is not None:
+                module.bias.zero_()
+        last = decoder.model[-2].parametrizations.weight  # the 7-tap output convolution (before tanh)
+        taps = last.original1.shape[-1]
+        window = torch.hann_window(taps + 2)[1:-1]
+        last.original1.copy_(last.original1[:, :, taps // 2 : taps // 2 + 1].sign() * window)
+        last.original0.mul_(VOICED_GAIN)
+    model.save_pretrained(path)
     return path

@@ -1,22 +1,20 @@
-"""/voice set|preview and /channels enable|disable (Manage Server), stored per guild."""
+"""Per-guild settings: /voice set|preview and /channels enable|disable (Manage Server), stored per guild."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from audio.tts import Voice
-from bot.discord_io import audio_file, tell
+from audio.speech import Voice
+from bot.answering import preview
+from bot.discord_io import tell
 from bot.presets import find_preset, search_presets
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
-
-log = logging.getLogger(__name__)
 
 ADMIN = discord.Permissions(manage_guild=True)
 ListeningChannel = discord.TextChannel | discord.VoiceChannel
@@ -73,30 +71,15 @@ class SettingsCog(commands.Cog, name="Settings"):
         if preset is not None and found is None:
             await tell(interaction, unknown_preset(preset))
             return
-        if self.bot.voice_status.value:
-            await tell(interaction, self.bot.voice_status.value)
+        if not self.bot.speech_status.is_ready:
+            await tell(interaction, self.bot.speech_status.note)
             return
-        await interaction.response.defer(ephemeral=True, thinking=True)
         if found is not None:
-            name, voice = found.name, Voice(found.description, found.seed)
+            name, speaker = found.name, Voice(found.description, found.seed)
         else:
             name = await self.bot.store.voice_preset(guild_id) or "the default voice"
-            voice = await self.bot.guild_voice(guild_id)
-        text = f"Hello, this is {name}. Ask, and the spirits shall answer."
-        player = self.bot.voice.player(guild_id)
-        if player is not None and not player.full:
-            player.submit(text, voice)
-            await interaction.followup.send(f"🔊 Previewing **{name}** in the voice channel.", ephemeral=True)
-            return
-        try:
-            message = await self.bot.record(guild_id, text, voice)
-        except Exception as exc:
-            log.warning("Recording a preview failed: %s", exc)
-            await tell(interaction, "The voice faltered; please try the preview again.", replace=True)
-            return
-        await interaction.followup.send(
-            f"🔊 This is **{name}**.", file=audio_file(message, "preview.ogg"), ephemeral=True
-        )
+            speaker = await self.bot.guild_speaker(guild_id)
+        await preview(self.bot, interaction, name, speaker)
 
     @channels.command(name="enable", description="Answer voice messages posted in a channel.")
     @app_commands.describe(channel="The channel (this one if you pick none)")
@@ -142,6 +125,17 @@ class SettingsCog(commands.Cog, name="Settings"):
             else f"I wasn't answering voice messages in {mention}.",
             ephemeral=True,
         )
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """Removed from a guild: forget its settings, listening channels and cooldowns."""
+        self.bot.admission.forget_guild(guild.id)
+        await self.bot.store.forget_guild(guild.id)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        """A deleted channel stops being a listening channel."""
+        await self.bot.store.forget_channel(channel.id)
 
 
 async def setup(bot: MagicBot) -> None:

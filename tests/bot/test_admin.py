@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from audio.speech import TTSQueueFull
 from bot.presets import PRESETS
-from tests.bot.conftest import Scene, make_settings, running_bot
-from tests.bot.doubles import SineEngine
-from tests.bot.test_ask import ephemeral_reply, fields, spoken_question
+from bot.store import GuildStore
+from tests.bot.doubles import SineEngine, until
+from tests.bot.helpers import (
+    Scene,
+    answered,
+    ephemeral_reply,
+    fields,
+    final_embed,
+    make_settings,
+    running_bot,
+    spoken_question,
+)
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(90)
@@ -87,3 +98,55 @@ async def test_voice_messages_are_answered_in_listening_channels(
         disabled = await scene.command("channels disable", {}, user=scene.mod)
         await disabled.wait_for(lambda r: r.followups, 10)
         assert disabled.followups[0].body["content"] == f"🔕 I no longer answer voice messages in <#{scene.text.id}>."
+
+
+async def test_previews_pass_the_cooldown_and_a_full_speech_queue_says_when_to_retry(
+    scene: Scene, tmp_path: Path
+) -> None:
+    other_mod = scene.guild.add_member("other mod", roles=[scene.guild.roles[scene.mod.roles[0]]])
+    async with running_bot(scene.emu, make_settings(tmp_path, cooldown_seconds=60), tts=SineEngine()) as bot:
+        first = await scene.command("voice preview", {"preset": "Laura"}, user=scene.mod)
+        await first.wait_for(lambda r: r.followups, 30)
+        again = await ephemeral_reply(await scene.command("voice preview", {"preset": "Gary"}, user=scene.mod))
+        assert re.fullmatch(r"Slow down: you can ask again in \d+ seconds\.", again)
+        assert not bot.admission._in_flight
+
+        def full(*args: object) -> None:
+            error = TTSQueueFull("The speech queue is full.")
+            error.retry_after = 12  # type: ignore[attr-defined]
+            raise error
+
+        assert bot.speech is not None
+        bot.speech.stream = full  # type: ignore[method-assign]
+        busy = await ephemeral_reply(await scene.command("voice preview", {"preset": "Gary"}, user=other_mod))
+        assert busy == "The voice is busy, try again in a moment (about 12 seconds)."
+        question = await scene.ask("And a question?", user=scene.alice)
+        await question.wait_for(answered, 30)
+        assert final_embed(question)["footer"]["text"] == "🔇 " + busy
+        assert not bot.admission._in_flight
+
+
+async def test_leaving_a_guild_or_deleting_a_channel_forgets_its_data(scene: Scene, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, cooldown_seconds=60)
+    other = scene.guild.add_text_channel("other")
+    async with running_bot(scene.emu, settings) as bot:
+        await bot.store.set_voice_preset(scene.guild.id, "Laura")
+        await bot.store.enable_channel(scene.guild.id, scene.text.id)
+        await bot.store.enable_channel(scene.guild.id, other.id)
+        asked = await scene.ask("Remember me?")
+        await asked.wait_for(answered, 30)
+
+        scene.guild.delete_channel(other)
+        await until(lambda: not bot.store.is_listening(other.id))
+        assert bot.store.listening_channels(scene.guild.id) == [scene.text.id]
+
+        await scene.emu.remove_bot_from_guild(scene.guild.id)
+        await until(lambda: not bot.store.listening_channels(scene.guild.id))
+        assert bot.admission.tracked_members == 0
+        assert await bot.store.voice_preset(scene.guild.id) is None
+    store = GuildStore(settings.database_url.get_secret_value())  # nothing is left on disk either
+    await store.open()
+    try:
+        assert store.listening_channels(scene.guild.id) == [] and await store.voice_preset(scene.guild.id) is None
+    finally:
+        await store.close()

@@ -1,0 +1,94 @@
+"""Parler-TTS plumbing shared by the engines: device and dtype choice, loading, prompts, codec decode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from parler_tts import ParlerTTSForConditionalGeneration
+from transformers import AutoTokenizer, LogitsProcessor, PreTrainedTokenizerBase
+
+from audio.speech.voice import TTSConfig
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class AudioCodesOnly(LogitsProcessor):
+    """Forbid every id outside the codebook, EOS included: random-weight models then generate exact lengths."""
+
+    def __init__(self, codebook_size: int) -> None:
+        self.codebook_size = codebook_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.codebook_size :] = -math.inf
+        return scores
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` → bf16 on CUDA (fp16 where bf16 is missing), fp16 on MPS, fp32 on CPU."""
+    if name != "auto":
+        try:
+            return _DTYPES[name]
+        except KeyError:
+            raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)} or 'auto'") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device.type == "mps" else torch.float32
+
+
+def load_parler(config: TTSConfig) -> tuple[ParlerTTSForConditionalGeneration, PreTrainedTokenizerBase]:
+    """The model and tokenizer through `from_pretrained`, as on a user's machine. Blocking."""
+    device = resolve_device(config.device)
+    model = ParlerTTSForConditionalGeneration.from_pretrained(
+        config.model,
+        torch_dtype=resolve_dtype(config.dtype, device),
+        # T5 has no SDPA/flash kernels in transformers 4.46: the choice applies to the decoder only.
+        attn_implementation={"decoder": config.attn_implementation, "text_encoder": "eager"},
+    ).to(device)
+    return model, AutoTokenizer.from_pretrained(config.model)
+
+
+def to_pcm(audio: torch.Tensor) -> np.ndarray:
+    """Codec output → float32 mono samples in [-1, 1]. A fixed limiter, never a per-chunk normalisation."""
+    samples = audio.detach().float().reshape(-1).cpu().numpy()
+    return np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+
+
+def decode_codes(model: ParlerTTSForConditionalGeneration, codes: torch.Tensor) -> np.ndarray:
+    """Decode `(num_codebooks, frames)` codes with the model's codec."""
+    codes = codes.to(model.audio_encoder.device)[None, None]  # (chunks, batch, codebooks, frames)
+    if not model.use_4dim_audio_codes:
+        codes = codes[0]
+    scales = {"audio_scales": [None]} if model.use_audio_scales else {}
+    with torch.inference_mode():
+        return to_pcm(model.audio_encoder.decode(audio_codes=codes, **scales).audio_values)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch for one request without disturbing the process's random state outside it."""
+    devices = [] if device.type == "cpu" else [device.index or 0]
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield
