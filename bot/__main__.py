@@ -1,4 +1,5 @@
-"""Command line: `python -m bot` runs the bot; `python -m bot ask ...` checks tokens and models without Discord."""
+"""Command line: `python -m bot` runs the bot; `python -m bot ask ...` checks tokens and models without Discord;
+`python -m bot db upgrade|current` migrates or shows the database schema."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from audio.errors import UserFacingError
 from audio.ffmpeg import FFmpegUnavailable
 from audio.formats import to_pcm16
 from bot.settings import Settings, get_settings
+from bot.store import DatabaseUnavailable
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
@@ -78,6 +80,26 @@ async def ask(settings: Settings, question: str | None, audio: Path | None, spea
         print(f"Spoken answer written to {speak}")
 
 
+async def database(settings: Settings, action: str) -> None:
+    """`db upgrade`: migrate the schema to the newest revision; `db current`: print its revision."""
+    from bot.migrations import head
+    from bot.store import GuildStore
+
+    store = GuildStore(settings.database_url.get_secret_value())
+    await store.connect()
+    try:
+        revision = await (store.upgrade() if action == "upgrade" else store.revision())
+    finally:
+        await store.close()
+    newest = head()
+    if revision is None:
+        print(f"No revision yet: `python -m bot db upgrade` (or starting the bot) brings it to {newest}.")
+    elif revision == newest:
+        print(f"Revision {revision} (the newest).")
+    else:
+        print(f"Revision {revision}; the newest is {newest}: run `python -m bot db upgrade`.")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Magic 8 Ball voice bot for Discord.")
     sub = parser.add_subparsers(dest="command")
@@ -85,6 +107,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ask_parser.add_argument("question", nargs="?", help="the question text")
     ask_parser.add_argument("--audio", type=Path, help="a recorded question (ogg, mp3, m4a, wav, webm)")
     ask_parser.add_argument("--speak", type=Path, help="also synthesise the answer to this WAV file")
+    db_parser = sub.add_parser("db", help="the database schema (DATABASE_URL)")
+    db_parser.add_argument("action", choices=("upgrade", "current"), help="migrate to the newest revision, or show it")
     args = parser.parse_args(argv)
     if args.command == "ask" and (args.question is None) == (args.audio is None):
         parser.error("ask takes either a question or --audio FILE")
@@ -99,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
             asyncio.run(ask(settings, args.question, args.audio, args.speak))
             return 0
+        if args.command == "db":
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            asyncio.run(database(settings, args.action))
+            return 0
         check_discord_token(settings)
         from bot.client import run
 
@@ -109,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         reasons = [str(err["ctx"]["error"]) for err in exc.errors() if err["type"] == "value_error"]
         generic = f"Invalid setting {fields}: fix it in the environment or .env (see .env.example)."
         message = reasons[0] if reasons else generic
-    except (UsageError, FFmpegUnavailable) as exc:
+    except (UsageError, FFmpegUnavailable, DatabaseUnavailable) as exc:
         message = str(exc)
     except discord.LoginFailure:
         message = (

@@ -37,6 +37,7 @@ from bot.discord_io import (
 )
 from bot.playback import GuildPlayer, Outcome, QueueFull
 from bot.services import audio_limits
+from bot.shutdown import REFUSAL
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -171,6 +172,8 @@ def admit(bot: MagicBot, guild_id: int, member_id: int) -> str | None:
 
     The per-guild answer queue is checked first, then the member's cooldown and the guild's questions in flight.
     """
+    if bot.closing:  # a graceful shutdown has begun (bot.shutdown)
+        return REFUSAL
     player = bot.voice.player(guild_id)
     if player is not None and player.full:
         waiting = "1 answer is" if player.pending == 1 else f"{player.pending} answers are"
@@ -227,7 +230,8 @@ class Question:
         the question is counted once and the guild's admission is released."""
         outcome: metrics.Outcome = "failed"
         try:
-            outcome = await self._answer()
+            with self.bot.in_flight.track(self._cut_short):  # a shutdown that can't wait for it tells the asker
+                outcome = await self._answer()
         except discord.HTTPException as exc:  # Discord itself refused (e.g. the bot was removed)
             log.warning("Answering a question in guild %s failed: %s", self.guild_id, exc)
         except Exception:
@@ -240,6 +244,11 @@ class Question:
             metrics.observe("answer", seconds)
             metrics.record_question(self.source, outcome)
             self.bot.admission.release(self.guild_id, seconds)
+
+    async def _cut_short(self, sentence: str) -> None:
+        """A shutdown ended this question: tell the asker, unless the answer is already shown."""
+        if not self._revealed:
+            await self.reply.fail(sentence)
 
     async def _reveal(self, embed: discord.Embed, file: discord.File | None = None) -> None:
         await self.reply.reveal(embed, file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import signal
@@ -31,6 +32,7 @@ from bot.playback import Players, estimate_seconds
 from bot.presets import PRESETS
 from bot.services import build_oracle, build_transcriber, tts_config
 from bot.settings import Settings
+from bot.shutdown import InFlight
 from bot.store import GuildStore
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ class MagicBot(commands.AutoShardedBot):
         self.settings = settings
         self.oracle = oracle
         self.transcriber = transcriber
-        self.store = GuildStore(settings.database_url)
+        self.store = GuildStore(settings.database_url.get_secret_value())
         self.admission = Admission(settings.cooldown_seconds, settings.guild_concurrency)
         self.transcriptions = asyncio.Semaphore(settings.max_concurrent_transcriptions)
         self.speech: SpeechScheduler | None = None
@@ -124,6 +126,9 @@ class MagicBot(commands.AutoShardedBot):
         self._engine = tts
         self._tts_loader: asyncio.Task[None] | None = None
         self.monitoring = MonitoringServer(self)
+        # Graceful shutdown (bot.shutdown): no new questions once closing; those in flight are tracked.
+        self.closing = False
+        self.in_flight = InFlight()
 
     @property
     def voice(self) -> Players:
@@ -190,6 +195,17 @@ class MagicBot(commands.AutoShardedBot):
         await self.store.close()
         await self.monitoring.stop()
 
+    async def shutdown(self) -> None:
+        """Stop gracefully: refuse new questions, give those in flight two thirds of SHUTDOWN_SECONDS, end the
+        rest with one sentence, then close (voice, speech, store)."""
+        self.closing = True
+        seconds = self.settings.shutdown_seconds
+        log.info("Shutting down: %d questions in flight, %g seconds at most", len(self.in_flight), seconds)
+        cut = await self.in_flight.end(grace=seconds * 2 / 3, reply_seconds=seconds / 6)
+        if cut:
+            log.info("Shutting down: %d questions could not finish; their askers were told", cut)
+        await self.close()
+
     async def guild_speaker(self, guild_id: int) -> Voice:
         """The speaker this guild chose with /voice set, or the configured default."""
         preset = PRESETS.get(await self.store.voice_preset(guild_id) or "")
@@ -234,16 +250,27 @@ def build_bot(
 
 
 def run(settings: Settings) -> None:
-    """Run the bot until it is stopped (Ctrl+C or SIGTERM)."""
+    """Run the bot until it is stopped: Ctrl+C, or SIGTERM (a graceful shutdown within SHUTDOWN_SECONDS)."""
     setup_logging(settings.log_level, settings.log_format)
     assert settings.discord_token is not None
 
     async def main() -> None:
         async with build_bot(settings) as bot:
+            terminated = asyncio.Event()
             if threading.current_thread() is threading.main_thread():  # signal handlers need the main thread
-                loop = asyncio.get_running_loop()
-                loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
-            await bot.start(settings.discord_token.get_secret_value().strip())
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
+            running = asyncio.create_task(bot.start(settings.discord_token.get_secret_value().strip()))
+            waiting = asyncio.create_task(terminated.wait())
+            await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if not running.done():
+                try:
+                    await asyncio.wait_for(bot.shutdown(), settings.shutdown_seconds)
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                    log.warning("The shutdown took longer than SHUTDOWN_SECONDS; stopping anyway")
+                running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running  # raises what stopped the bot (e.g. a refused token)
 
     try:
         asyncio.run(main())

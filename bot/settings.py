@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = None
     message_content_intent: bool = False
-    database_url: str = "sqlite+aiosqlite:///magic8ball.db"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///magic8ball.db")  # may hold a PostgreSQL password
 
     # Hugging Face Inference API / self-hosted servers
     hf_token: SecretStr | None = None
@@ -99,6 +99,9 @@ class Settings(BaseSettings):
 
     # Recordings downloaded and transcribed at once, all guilds together (bounds the memory uploads hold).
     max_concurrent_transcriptions: int = Field(4, ge=1)
+
+    # Graceful shutdown: on SIGTERM, seconds until the process has exited (answers in flight get two thirds).
+    shutdown_seconds: float = Field(15.0, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ from audio.speech.reference import TTSEngine
 from tests.fakes.inference import FakeInference
 from tests.fakes.tiny_parler import build_parler
 
-pytest_plugins = ["tests.emulator.fixtures"]
+pytest_plugins = ["tests.emulator.fixtures", "tests.fakes.postgres"]
 
 
 @pytest.fixture(autouse=True)

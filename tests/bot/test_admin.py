@@ -144,7 +144,7 @@ async def test_leaving_a_guild_or_deleting_a_channel_forgets_its_data(scene: Sce
         await until(lambda: not bot.store.listening_channels(scene.guild.id))
         assert bot.admission.tracked_members == 0
         assert await bot.store.voice_preset(scene.guild.id) is None
-    store = GuildStore(settings.database_url)  # nothing is left on disk either
+    store = GuildStore(settings.database_url.get_secret_value())  # nothing is left on disk either
     await store.open()
     try:
         assert store.listening_channels(scene.guild.id) == [] and await store.voice_preset(scene.guild.id) is None

@@ -20,6 +20,7 @@ from bot.settings import Settings
 from tests.bot.helpers import ROOT, SECRET, run_cli
 from tests.emulator import DiscordEmulator
 from tests.fakes.audio_files import encode, speechlike
+from tests.fakes.bot_process import spawn
 from tests.fakes.inference import FakeInference
 
 
@@ -55,8 +56,24 @@ def test_empty_values_in_env_file_mean_defaults(tmp_path: Path) -> None:
 
 
 def test_secrets_do_not_print() -> None:
-    settings = Settings(discord_token=SECRET, hf_token="hf_supersecret")
-    assert SECRET not in repr(settings) and "hf_supersecret" not in str(settings)
+    database = "postgresql+asyncpg://bot:pg_supersecret@db.example/bot"
+    settings = Settings(discord_token=SECRET, hf_token="hf_supersecret", database_url=database)
+    for shown in (repr(settings), str(settings), repr(settings.model_dump())):
+        assert SECRET not in shown and "hf_supersecret" not in shown and "pg_supersecret" not in shown
+    assert settings.database_url.get_secret_value() == database
+
+
+async def test_a_corrupt_database_at_start_up_is_one_sentence(emulator: DiscordEmulator, tmp_path: Path) -> None:
+    (tmp_path / "bot.db").write_bytes(b"not a database, only bytes\n" * 200)
+    async with spawn(emulator, tmp_path, {}) as process:
+        assert process.stderr is not None
+        stderr = (await asyncio.wait_for(process.stderr.read(), 60)).decode()
+        assert await asyncio.wait_for(process.wait(), 30) == 2
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"error: The database in DATABASE_URL (sqlite+aiosqlite:///{tmp_path / 'bot.db'}) can't be used: "
+        "file is not a database."
+    )
 
 
 def test_ask_offline_prints_a_classic_answer(tmp_path: Path) -> None:

@@ -1,19 +1,35 @@
-"""GuildStore (SQLite through aiosqlite) and presets."""
+"""GuildStore on SQLite and on a real PostgreSQL server, shared by two processes; presets."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from bot.presets import DEFAULT_PRESET, PRESETS, find_preset, search_presets
-from bot.store import GuildStore
+from bot.store import DatabaseUnavailable, GuildStore
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+GUILDS = 30  # guilds whose preset both processes set at once
+CONTESTED = 30  # channels both processes enable at once
+OWN = 30  # channels of the shared guild that only one process enables
 
 
-async def test_settings_survive_reopening_the_same_file(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'bot.db'}"
+async def test_sqlite_file_in_a_new_folder(tmp_path: Path) -> None:
+    store = GuildStore(f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'bot.db'}")
+    await store.open()
+    await store.set_voice_preset(1, "Laura")
+    assert await store.voice_preset(1) == "Laura"
+    await store.close()
+
+
+async def test_settings_survive_reopening_the_same_database(database_url: str) -> None:
+    url = database_url
     store = GuildStore(url)
     await store.open()
     assert await store.voice_preset(1) is None
@@ -59,3 +75,80 @@ def test_presets_cover_the_named_speakers() -> None:
     assert [p.name for p in search_presets("j")][:4] == ["Jenny", "Jon", "Jordan", "Joy"]
     assert "Naomie" in [p.name for p in search_presets("omi")]
     assert len(search_presets("")) == 25
+
+
+
+async def test_a_corrupt_sqlite_file_is_one_sentence_naming_database_url(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    path.write_bytes(b"this is not a database, just some bytes" * 100)
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await GuildStore(f"sqlite+aiosqlite:///{path}").open()
+    message = str(caught.value)
+    assert message.startswith("The database in DATABASE_URL (sqlite+aiosqlite:///")
+    assert message.endswith("can't be used: file is not a database.") and "\n" not in message
+
+
+async def test_an_unreachable_server_hides_the_password() -> None:
+    url = "postgresql+asyncpg://bot:hunter2secret@127.0.0.1:1/bot"
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await GuildStore(url).open()
+    message = str(caught.value)
+    assert "DATABASE_URL (postgresql+asyncpg://bot:***@127.0.0.1:" in message
+    assert "hunter2secret" not in message and "\n" not in message
+
+
+async def test_other_databases_are_refused_in_one_sentence() -> None:
+    with pytest.raises(DatabaseUnavailable, match=r"must be a SQLite .* or PostgreSQL"):
+        await GuildStore("mysql+aiomysql://bot:pw@localhost/bot").open()
+
+
+async def writer(url: str, tag: str) -> None:
+    """One bot process's share of `test_two_processes_change_the_same_guild_at_once`: waits for "go" on stdin,
+    then writes; prints which contested channels it enabled first."""
+    store = GuildStore(url)
+    await store.open()
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    won = []
+    for i in range(max(GUILDS, CONTESTED, OWN)):
+        if i < GUILDS:
+            await store.set_voice_preset(100 + i, tag)
+        if i < CONTESTED and await store.enable_channel(1, 1000 + i):
+            won.append(1000 + i)
+        if i < OWN:
+            await store.enable_channel(1, (2000 if tag == "Laura" else 3000) + i)
+    await store.close()
+    print(json.dumps(won), flush=True)
+
+
+async def test_two_processes_change_the_same_guild_at_once(database_url: str) -> None:
+    if database_url.startswith("sqlite"):  # one SQLite file is migrated by one process; PostgreSQL locks
+        store = GuildStore(database_url)
+        await store.open()
+        await store.close()
+    code = "import asyncio, sys; from tests.bot.test_store import writer; asyncio.run(writer(*sys.argv[1:]))"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, database_url, tag, cwd=ROOT, stdin=-1, stdout=-1, stderr=-1
+        )
+        for tag in ("Laura", "Jon")
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 45)
+        assert line == b"ready\n", (line, await proc.stderr.read() if proc.stderr else b"")
+    outputs = await asyncio.gather(*(proc.communicate(b"go\n") for proc in procs))
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+    won = [json.loads(out) for out, _ in outputs]
+
+    store = GuildStore(database_url)
+    await store.open()
+    try:
+        assert sorted(won[0] + won[1]) == [1000 + i for i in range(CONTESTED)]  # each enabled exactly once
+        for i in range(GUILDS):
+            assert await store.voice_preset(100 + i) in ("Laura", "Jon")
+        own = [2000 + i for i in range(OWN)] + [3000 + i for i in range(OWN)]
+        assert store.listening_channels(1) == sorted(won[0] + won[1] + own)
+    finally:
+        await store.close()

@@ -1,0 +1,66 @@
+"""The bot as its own process on PostgreSQL: settings persist, and SIGTERM stops it gracefully (exit 0) while an
+answer is in flight: new questions are refused, the one in flight ends with one sentence, voice is left."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from bot.shutdown import CANNOT_FINISH, REFUSAL
+from bot.store import GuildStore
+from tests.bot.helpers import Scene
+from tests.fakes.bot_process import spawn
+from tests.fakes.inference import FakeInference
+
+pytestmark = pytest.mark.timeout(120)
+
+SHUTDOWN_SECONDS = 9
+
+
+async def test_sigterm_mid_answer_on_postgresql(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, postgres_url: str
+) -> None:
+    env = {
+        "DATABASE_URL": postgres_url,
+        "LLM_BASE_URL": f"{fake_inference.url}/llm",
+        "SHUTDOWN_SECONDS": str(SHUTDOWN_SECONDS),
+    }
+    async with spawn(scene.emu, tmp_path, env) as process:
+        await scene.emu.wait_for(lambda: scene.emu.command_syncs, 60, "the bot process to sync its commands")
+        chosen = await scene.command("voice set", {"preset": "Laura"}, user=scene.mod)
+        await chosen.wait_for(lambda r: r.callback or r.edits, 30)
+
+        await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
+        joined = await scene.command("join")
+        await joined.wait_for(lambda r: r.edits, 30)
+        assert joined.edits[-1].body["content"].startswith("🔊 Joined")
+
+        fake_inference.slow(2 * SHUTDOWN_SECONDS)  # the oracle answers only after the bot has gone
+        pending = await scene.ask("Will the restart go well?")
+        await scene.emu.wait_for(lambda: fake_inference.requests, 30, "the question to reach the oracle")
+
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        while b"Shutting down" not in (line := await asyncio.wait_for(process.stderr.readline(), 30)):
+            assert line, "the bot exited without shutting down"
+        refused = await scene.ask("And another one?")
+        reply = await refused.wait_for_response(30)
+        assert reply.data["content"] == REFUSAL and refused.ephemeral
+
+        await pending.wait_for(lambda r: r.followups, 30)
+        assert [f.data["content"] for f in pending.followups] == [CANNOT_FINISH]
+        stderr = await asyncio.wait_for(process.stderr.read(), 60)
+        assert await asyncio.wait_for(process.wait(), 30) == 0, stderr.decode()
+        assert b"Traceback" not in stderr, stderr.decode()
+
+    assert scene.emu.voice_requests[-1].channel_id is None  # it left voice itself
+    assert scene.emu.bot.id not in scene.guild.voice_states
+    store = GuildStore(postgres_url)
+    await store.open()
+    try:
+        assert await store.voice_preset(scene.guild.id) == "Laura"
+    finally:
+        await store.close()
