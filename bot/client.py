@@ -21,11 +21,11 @@ from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.speech import SpeechEngine, SpeechScheduler, Voice, load_engine
+from audio.speech import SpeechEngine, SpeechScheduler, Voice
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.discord_io import NO_PINGS, tell
 from bot.presets import PRESETS
-from bot.services import build_oracle, build_transcriber, tts_config
+from bot.services import build_oracle, build_speech_engine, build_transcriber
 from bot.settings import Settings
 from bot.store import GuildStore
 
@@ -163,9 +163,9 @@ class MagicBot(commands.Bot):
 
     async def _load_tts(self) -> None:
         try:
-            engine = await asyncio.to_thread(load_engine, tts_config(self.settings))
+            engine = await asyncio.to_thread(build_speech_engine, self.settings)
         except Exception:
-            log.exception("Loading the TTS model failed; answers stay text only")
+            log.exception("Loading the speech engine failed; answers stay text only")
             self.voice_status = VoiceStatus.FAILED
         else:
             self._use_engine(engine)
