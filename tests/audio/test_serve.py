@@ -1,0 +1,131 @@
+"""The Ray Serve speech app (`audio.serve`), started locally with the tiny Parler model on CPU, behind the
+remote engine the bot uses."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from audio.speech import TTSError, Voice, synthesize
+from audio.speech.reference import TTSEngine
+from audio.speech.remote import RemoteConfig, RemoteEngine
+from tests.fakes.speech_app import FRAMES_PER_SENTENCE, local_speech_app
+
+pytestmark = pytest.mark.timeout(240)
+
+API_KEY = "test-key"
+SENTENCE_S = FRAMES_PER_SENTENCE * 512 / 44100
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_parler_dir: Path) -> Iterator[str]:
+    with local_speech_app(tiny_parler_dir, api_key=API_KEY) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def remote(app_url: str, tiny_parler_dir: Path) -> Iterator[RemoteEngine]:
+    engine = RemoteEngine.connect(RemoteConfig(app_url, str(tiny_parler_dir), api_key=API_KEY, timeout=60))
+    yield engine
+    engine.close()
+
+
+def call(url: str, body: dict[str, Any] | None = None, key: str | None = API_KEY) -> tuple[int, dict[str, Any]]:
+    """GET (or POST `body`) and the JSON answer, whatever the status."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={**headers, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def health(app_url: str) -> dict[str, Any]:
+    return call(f"{app_url}/healthz", key=None)[1]
+
+
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    noise = np.sum((reference - test) ** 2)
+    return float(10 * np.log10(np.sum(reference**2) / max(noise, 1e-30)))
+
+
+def test_models_health_and_keys(app_url: str, tiny_parler_dir: Path) -> None:
+    status, models = call(f"{app_url}/v1/models")
+    assert status == 200
+    assert [(m["id"], m["sample_rate"]) for m in models["data"]] == [(str(tiny_parler_dir), 44100)]
+    assert health(app_url)["status"] == "ok"  # no token needed
+
+    speech = {"model": str(tiny_parler_dir), "input": "Yes.", "voice": "A calm voice.", "response_format": "pcm"}
+    for key in ("wrong-key", None):
+        status, answer = call(f"{app_url}/v1/audio/speech", speech, key=key)
+        assert (status, answer["error"]["type"]) == (401, "invalid_api_key")
+    assert call(f"{app_url}/v1/models", key="wrong-key")[0] == 401
+    wrong = RemoteEngine(RemoteConfig(app_url, str(tiny_parler_dir), api_key="wrong-key"), 44100)
+    try:
+        with pytest.raises(TTSError, match="refused the API key"):
+            list(wrong.stream("Yes.", Voice("A calm voice.")))
+    finally:
+        wrong.close()
+
+    for change in ({"model": "tts-1"}, {"response_format": "mp3"}, {"input": ""}, {"seed": "forty-two"}):
+        status, answer = call(f"{app_url}/v1/audio/speech", {**speech, **change})
+        assert (status, answer["error"]["type"]) == (400, "invalid_request_error"), change
+
+
+def test_the_audio_equals_the_in_process_engine(remote: RemoteEngine, tiny_tts_engine: TTSEngine) -> None:
+    text, voice = "Most likely. Outlook good.", Voice("A male speaker with a deep voice.", seed=5)
+    chunks = list(remote.stream(text, voice))
+    expected = synthesize(tiny_tts_engine, text, voice)
+    assert len(chunks) > 1  # streamed, not one blob
+    received = np.concatenate(chunks)
+    assert received.shape == expected.shape == (2 * FRAMES_PER_SENTENCE * 512,)
+    assert snr_db(expected, received) >= 60
+
+
+def test_two_concurrent_requests_both_stream(remote: RemoteEngine, tiny_tts_engine: TTSEngine) -> None:
+    requests = [("It is certain.", Voice("A calm voice.", seed=1)), ("Very doubtful.", Voice("A calm voice.", 2))]
+    both_sent = threading.Barrier(2, timeout=60)
+
+    def ask(text: str, voice: Voice) -> list[np.ndarray]:
+        chunks = remote.stream(text, voice)
+        both_sent.wait()
+        return list(chunks)
+
+    served = health(remote.config.root)["served"]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda request: ask(*request), requests))
+    for (text, voice), chunks in zip(requests, answers, strict=True):
+        assert len(chunks) > 1
+        assert snr_db(synthesize(tiny_tts_engine, text, voice), np.concatenate(chunks)) >= 60
+    assert health(remote.config.root)["served"] == served + 2
+
+
+def test_a_client_disconnect_stops_generation(remote: RemoteEngine) -> None:
+    before = health(remote.config.root)
+    sentences = 20
+    cancel = threading.Event()
+    chunks = remote.stream(" ".join(["Reply hazy, try again."] * sentences), Voice("A calm voice."), cancel)
+    next(chunks)
+    cancel.set()
+    assert list(chunks) == []
+
+    deadline = time.monotonic() + 60
+    while (after := health(remote.config.root))["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the replica's engine is in another process: poll its state
+    assert after["running"] == 0
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["served"] == before["served"]
+    # Generation stopped early: far less than the 20 sentences was generated.
+    assert after["generated_seconds"] - before["generated_seconds"] < sentences * SENTENCE_S / 2
