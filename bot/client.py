@@ -171,6 +171,7 @@ class MagicBot(commands.Bot):
             self._use_engine(engine)
 
     def _use_engine(self, engine: SpeechEngine) -> None:
+        self._engine = engine
         self.speech = SpeechScheduler(
             engine,
             queue_size=self.settings.tts_queue_size,
@@ -201,6 +202,8 @@ class MagicBot(commands.Bot):
         await super().close()  # unloads the cogs, which stop their players
         if self.speech is not None:
             await self.speech.close()
+        if (close_engine := getattr(self._engine, "close", None)) is not None:  # a remote engine's HTTP session
+            await asyncio.to_thread(close_engine)
         await self.store.close()
 
     async def guild_voice(self, guild_id: int) -> Voice:
