@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from audio.speech import TTSConfig
+from audio.speech import SpeechEngine, TTSConfig
 from audio.speech.reference import TTSEngine
 
 FRAMES_PER_SENTENCE = 40  # 0.46 s of audio per sentence, as in the tiny fixtures
@@ -30,8 +30,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_speech_app(model: Path, *, api_key: str | None = None, cpus: float = 1.0) -> Iterator[str]:
-    """Start Ray (2 CPUs, small object store, no dashboard) and the app; yield its base URL; shut both down."""
+def local_speech_app(
+    model: Path,
+    *,
+    engine_factory: Callable[[TTSConfig], SpeechEngine] = tiny_engine,
+    api_key: str | None = None,
+    cpus: float = 1.0,
+) -> Iterator[str]:
+    """Start Ray (2 CPUs, small object store, no dashboard) and the app; yield its base URL; shut both down.
+
+    `engine_factory` must be importable by Ray's workers (a module-level function); `cpus` also sets the
+    replica's torch threads (Ray exports it as OMP_NUM_THREADS)."""
     import ray
     from ray import serve
 
@@ -55,7 +64,7 @@ def local_speech_app(model: Path, *, api_key: str | None = None, cpus: float = 1
             tts_replica_gpus=0,
             tts_replica_cpus=cpus,
         )
-        serve.run(build(settings, tiny_engine), name="speech", route_prefix="/")
+        serve.run(build(settings, engine_factory), name="speech", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
