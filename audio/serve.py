@@ -257,7 +257,10 @@ def main() -> None:
     """`python -m audio.serve`: a local Ray (or the cluster in RAY_ADDRESS) serving until interrupted."""
     settings = ServeSettings()
     serve.start(http_options={"host": settings.tts_serve_host, "port": settings.tts_serve_port})
-    serve.run(build(settings), name="speech", route_prefix="/", blocking=True)
+    try:
+        serve.run(build(settings), name="speech", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        serve.shutdown()  # Ray itself stops with this process
 
 
 if __name__ == "__main__":
