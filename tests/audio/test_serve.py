@@ -1,8 +1,9 @@
-"""The Ray Serve speech app (`audio.serve`), started locally with the tiny Parler model on CPU, behind the
-remote engine the bot uses."""
+"""The speech server (`audio.serve`): its routes on a sine engine without Ray, then the real Ray Serve app started
+locally with the tiny Parler model on CPU, behind the remote engine the bot uses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -15,10 +16,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from audio.speech import TTSError, Voice, synthesize
+from audio.serve import SpeechServer
+from audio.speech import TTSConfig, TTSError, Voice, synthesize
 from audio.speech.reference import TTSEngine
 from audio.speech.remote import RemoteConfig, RemoteEngine
+from tests.bot.doubles import SineEngine, until
 from tests.e2e.harness import load_voiced_engine
 from tests.fakes.speech_app import FRAMES_PER_SENTENCE, local_speech_app
 
@@ -72,6 +77,66 @@ def health(app_url: str) -> dict[str, Any]:
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     noise = np.sum((reference - test) ** 2)
     return float(10 * np.log10(np.sum(reference**2) / max(noise, 1e-30)))
+
+
+class GatedEngine(SineEngine):
+    """A sine engine that waits for `gate` after each chunk, so answers stay in flight."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.gate = threading.Event()
+
+    def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
+        for chunk in super().stream(text, voice, cancel):
+            yield chunk
+            assert self.gate.wait(30)
+
+
+def post(body: dict[str, Any]) -> Request:
+    """A Starlette request as Serve's proxy hands it to the deployment."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/audio/speech", "headers": [], "query_string": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+
+    return Request(scope, receive)
+
+
+def sine_server(engine: SineEngine, queue_size: int = 16) -> SpeechServer:
+    return SpeechServer(TTSConfig(model="sine"), queue_size=queue_size, engine_factory=lambda _: engine)
+
+
+SPEECH = {"model": "sine", "input": "Outlook good.", "voice": "A calm voice.", "response_format": "pcm"}
+
+
+async def body_of(response: Response) -> bytes:
+    assert isinstance(response, StreamingResponse)
+    return b"".join([bytes(part) async for part in response.body_iterator])  # type: ignore[arg-type]
+
+
+async def test_a_full_queue_answers_429_with_retry_after() -> None:
+    engine = GatedEngine()
+    server = sine_server(engine, queue_size=1)
+    running = await server(post(SPEECH))  # streaming, held at its first chunk
+    waiting = asyncio.create_task(server(post(SPEECH)))  # queued behind it
+    await until(lambda: server._health()["waiting"] == 1)
+    refused = await server(post(SPEECH))
+    assert isinstance(refused, JSONResponse) and refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 1
+    engine.gate.set()
+    assert running.headers["X-Sample-Rate"] == "16000"
+    assert len(await body_of(running)) == len(await body_of(await waiting)) == 2 * round(13 * 0.01 * 16000)
+
+
+async def test_failures_before_and_after_the_first_chunk() -> None:
+    before = sine_server(SineEngine(fail_at={"*": 0}))
+    response = await before(post(SPEECH))
+    assert response.status_code == 500 and b"synthetic TTS failure" in bytes(response.body)
+
+    after = sine_server(SineEngine(fail_at={"*": 1}, chunk_seconds=0.05))
+    with pytest.raises(TTSError):  # the server drops the connection: the client sees a cut stream
+        await body_of(await after(post(SPEECH)))
+    assert after._health()["failed"] == 1 and after._health()["served"] == 0
 
 
 def test_models_health_and_keys(app_url: str, model: str) -> None:
