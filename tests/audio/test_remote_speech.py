@@ -144,7 +144,7 @@ async def test_named_voices_and_the_rate_openai_sends() -> None:
         return response
 
     server = SpeechServer(speech, models={"object": "list", "data": [{"id": "kokoro"}]})
-    async with serving(server) as url, engine_for(url, voice="af_bella") as engine:
+    async with serving(server) as url, engine_for(f"{url}/v1", voice="af_bella") as engine:  # OpenAI-style base
         assert engine.sample_rate == OPENAI_SAMPLE_RATE
         audio = np.concatenate(await take(engine.stream("Yes.", VOICE)))
     np.testing.assert_array_equal(audio, ramp(480))
