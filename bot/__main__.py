@@ -70,10 +70,10 @@ async def ask(settings: Settings, question: str | None, audio: Path | None, spea
     answer = await build_oracle(settings).answer(question)
     print(f"Answer: {answer}")
     if speak is not None:
-        from audio.speech import Voice, load_engine, synthesize
-        from bot.services import tts_config
+        from audio.speech import Voice, synthesize
+        from bot.services import build_speech_engine
 
-        engine = await asyncio.to_thread(load_engine, tts_config(settings))
+        engine = await asyncio.to_thread(build_speech_engine, settings)
         voice = Voice(settings.tts_voice_description, settings.tts_seed)
         samples = await asyncio.to_thread(synthesize, engine, answer, voice)
         write_wav(speak, samples, engine.sample_rate)

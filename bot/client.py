@@ -21,7 +21,7 @@ from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe, run_ffmpeg_work
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.speech import SpeechEngine, SpeechScheduler, Voice, load_engine
+from audio.speech import SpeechEngine, SpeechScheduler, Voice
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.admission import Admission
 from bot.discord_io import NO_PINGS, tell
@@ -30,7 +30,7 @@ from bot.metrics import observe
 from bot.monitoring import MonitoringServer
 from bot.playback import Players, estimate_seconds
 from bot.presets import PRESETS
-from bot.services import build_oracle, build_transcriber, tts_config
+from bot.services import build_oracle, build_speech_engine, build_transcriber
 from bot.settings import Settings
 from bot.shutdown import InFlight
 from bot.store import GuildStore
@@ -154,14 +154,15 @@ class MagicBot(commands.AutoShardedBot):
 
     async def _load_tts(self) -> None:
         try:
-            engine = await asyncio.to_thread(load_engine, tts_config(self.settings))
+            engine = await asyncio.to_thread(build_speech_engine, self.settings)
         except Exception:
-            log.exception("Loading the TTS model failed; answers stay text only")
+            log.exception("Loading the speech engine failed; answers stay text only")
             self.speech_status = SpeechStatus.FAILED
         else:
             self._use_engine(engine)
 
     def _use_engine(self, engine: SpeechEngine) -> None:
+        self._engine = engine
         self.speech = SpeechScheduler(
             engine,
             queue_size=self.settings.tts_queue_size,
@@ -192,6 +193,8 @@ class MagicBot(commands.AutoShardedBot):
         await super().close()  # unloads the cogs, which stop their players
         if self.speech is not None:
             await self.speech.close()
+        if (close_engine := getattr(self._engine, "close", None)) is not None:  # a remote engine's HTTP session
+            await asyncio.to_thread(close_engine)
         await self.store.close()
         await self.monitoring.stop()
 

@@ -15,7 +15,7 @@ from bot.settings import Settings
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from audio.speech import TTSConfig
+    from audio.speech import SpeechEngine, TTSConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +88,26 @@ def tts_config(settings: Settings) -> TTSConfig:
         dtype=settings.tts_dtype,
         attn_implementation=settings.tts_attn_implementation,
     )
+
+
+def build_speech_engine(settings: Settings) -> SpeechEngine:
+    """The remote engine when `TTS_BASE_URL` is set, else the in-process model. Blocking; raises on failure."""
+    if settings.tts_base_url is None:
+        from audio.speech import load_engine
+
+        return load_engine(tts_config(settings))
+    from audio.speech.remote import RemoteConfig, RemoteEngine
+
+    engine = RemoteEngine.connect(
+        RemoteConfig(
+            base_url=settings.tts_base_url,
+            model=settings.tts_model,
+            api_key=_secret(settings.tts_api_key),
+            timeout=settings.tts_timeout,
+            sample_rate=settings.tts_sample_rate,
+            voice=settings.tts_remote_voice,
+            max_streams=settings.tts_remote_streams,
+        )
+    )
+    log.info("Speaking through %r", engine)
+    return engine

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     # One guild's share of the speech engine: answers waiting, and answers generating at once.
     tts_queue_per_guild: int = Field(4, ge=1)
     tts_slots_per_guild: int = Field(2, ge=1)
+    # Remote speech: an OpenAI-compatible /v1/audio/speech server (e.g. `audio.serve`) instead of the local model.
+    tts_base_url: str | None = None
+    tts_api_key: SecretStr | None = None
+    tts_timeout: float = Field(30.0, gt=0)
+    tts_remote_voice: str | None = None
+    tts_sample_rate: int | None = Field(None, gt=0)
+    tts_remote_streams: int = Field(8, ge=1)
 
     # Audio tooling
     ffmpeg_path: Path | None = None

@@ -20,7 +20,16 @@ pytest_plugins = ["tests.emulator.fixtures", "tests.fakes.postgres"]
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read the developer's .env or real tokens."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    for name in ("DISCORD_TOKEN", "HF_TOKEN", "LLM_BASE_URL", "ASR_BASE_URL", "LLM_API_KEY", "DATABASE_URL"):
+    for name in (
+        "DISCORD_TOKEN",
+        "HF_TOKEN",
+        "LLM_BASE_URL",
+        "ASR_BASE_URL",
+        "LLM_API_KEY",
+        "DATABASE_URL",
+        "TTS_BASE_URL",
+        "TTS_API_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     from bot.settings import get_settings
 

@@ -1,0 +1,250 @@
+"""A speech engine on a remote OpenAI-compatible server (`POST /v1/audio/speech`, streamed raw PCM).
+
+Torch-free and Ray-free: the bot can use it on a small CPU machine while the model runs on GPU workers
+(`audio.serve`) or on any other OpenAI-compatible speech server. Requests carry `model`, `input`, `voice` (the
+preset's description, or a fixed voice name for servers with named voices), `response_format: "pcm"`,
+`stream: true` and the extension field `seed`. The answer is 16-bit little-endian mono PCM at the rate of the
+`X-Sample-Rate` response header, 24 kHz when it is absent (as OpenAI sends); a stream at another rate than the
+engine's `sample_rate` is resampled.
+
+The HTTP client (aiohttp) runs on the engine's own event loop thread; `stream()` is the blocking iterator the
+`SpeechScheduler` expects and hands chunks over as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from audio.speech.voice import TTSError, Voice
+
+OPENAI_SAMPLE_RATE = 24_000
+SAMPLE_RATE_HEADER = "X-Sample-Rate"
+_POLL_S = 0.02  # how often a waiting `stream()` looks at its cancel event
+_END = object()
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where the speech server is and how to talk to it.
+
+    `sample_rate` None asks the server's `/v1/models` at start-up (the `sample_rate` field of the model's entry,
+    which `audio.serve` lists), else assumes OpenAI's 24 kHz. `voice` set sends that name instead of the voice's
+    description (servers with named voices). `max_streams` bounds the answers requested at once.
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    sample_rate: int | None = None
+    voice: str | None = None
+    max_streams: int = 8
+
+    @property
+    def root(self) -> str:
+        return self.base_url.rstrip("/").removesuffix("/v1")
+
+
+class PcmDecoder:
+    """s16le bytes → float32 chunks at `target_rate`; keeps an odd trailing byte and the resampler's phase."""
+
+    def __init__(self, source_rate: int, target_rate: int) -> None:
+        self._odd = b""
+        self._step = source_rate / target_rate
+        self._position = 0.0  # next output sample, in input samples from the start of `_last`
+        self._last = np.zeros(0, np.float32)  # the previous chunk's last sample, for interpolation across chunks
+
+    def feed(self, data: bytes) -> np.ndarray:
+        data = self._odd + data
+        usable = len(data) - len(data) % 2
+        self._odd = data[usable:]
+        samples = np.frombuffer(data[:usable], "<i2").astype(np.float32) / 32768.0
+        return samples if self._step == 1.0 else self._resample(samples)
+
+    def _resample(self, samples: np.ndarray) -> np.ndarray:
+        """Linear interpolation, continuous across chunks."""
+        buffer = np.concatenate([self._last, samples])
+        if buffer.size < 2:
+            self._last = buffer
+            return np.zeros(0, np.float32)
+        span = buffer.size - 1
+        count = max(0, int(np.ceil((span - self._position) / self._step)))
+        points = self._position + self._step * np.arange(count)
+        out = np.interp(points, np.arange(buffer.size), buffer).astype(np.float32)
+        self._position += count * self._step - span
+        self._last = buffer[-1:]
+        return out
+
+
+class RemoteEngine:
+    """`SpeechEngine` over HTTP: one streamed `POST /v1/audio/speech` per answer."""
+
+    def __init__(self, config: RemoteConfig, sample_rate: int) -> None:
+        self.config = config
+        self.sample_rate = sample_rate
+        self.max_streams = config.max_streams
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="remote-speech", daemon=True)
+        self._thread.start()
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteEngine({self.config.root!r}, model={self.config.model!r}, sample_rate={self.sample_rate})"
+
+    @classmethod
+    def connect(cls, config: RemoteConfig) -> RemoteEngine:
+        """The engine, with its sample rate from `config` or from the server's `/v1/models`. Blocking."""
+        engine = cls(config, config.sample_rate or OPENAI_SAMPLE_RATE)
+        if config.sample_rate is None:
+            try:
+                engine.sample_rate = engine._run(engine._probe_sample_rate()).result()
+            except BaseException:
+                engine.close()
+                raise
+        return engine
+
+    def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
+        """Yield chunks as they arrive. Setting `cancel` (or closing the iterator) closes the HTTP stream within
+        `_POLL_S` plus a loop turn; failures raise `TTSError` with a sentence."""
+        cancel = cancel if cancel is not None else threading.Event()
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        request = self._run(self._fetch(text, voice, chunks.put))
+        try:
+            while not cancel.is_set():
+                try:
+                    item = chunks.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            request.cancel()  # cancels the request's task on the loop, which closes the connection
+
+    def close(self) -> None:
+        """Close the HTTP session and stop the loop thread."""
+        if self._loop.is_closed():
+            return
+        if self._session is not None:
+            self._run(self._session.close()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, coroutine: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeout, sock_read=self.config.timeout)
+            headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, headers=headers, connector=aiohttp.TCPConnector(limit=0)
+            )
+        return self._session
+
+    async def _probe_sample_rate(self) -> int:
+        """The model's `sample_rate` from `/v1/models`, or OpenAI's 24 kHz when the server does not say."""
+        url = f"{self.config.root}/v1/models"
+        async with self._errors(), self._client().get(url) as response:
+            if response.status in (404, 405):
+                return OPENAI_SAMPLE_RATE
+            await _raise_for_status(response)
+            listing = await response.json(content_type=None)
+        models = listing.get("data", []) if isinstance(listing, dict) else []
+        for model in models:
+            if isinstance(model, dict) and model.get("id") == self.config.model and model.get("sample_rate"):
+                return int(model["sample_rate"])
+        return OPENAI_SAMPLE_RATE
+
+    async def _fetch(self, text: str, voice: Voice, put: Callable[[Any], None]) -> None:
+        """One answer: POST, then hand each decoded chunk (and finally `_END` or a `TTSError`) to `put`."""
+        body = {
+            "model": self.config.model,
+            "input": text,
+            "voice": self.config.voice or voice.description,
+            "response_format": "pcm",
+            "stream": True,
+            "seed": voice.seed,
+        }
+        try:
+            async with self._errors():
+                response = await self._client().post(f"{self.config.root}/v1/audio/speech", json=body)
+                finished = False
+                try:
+                    await _raise_for_status(response)
+                    rate = int(response.headers.get(SAMPLE_RATE_HEADER, OPENAI_SAMPLE_RATE))
+                    decoder = PcmDecoder(rate, self.sample_rate)
+                    async for data in response.content.iter_any():
+                        chunk = decoder.feed(data)
+                        if chunk.size:
+                            put(chunk)
+                    finished = True
+                finally:
+                    # A finished answer leaves the connection for the next one; anything else drops it.
+                    if finished:
+                        response.release()
+                    else:
+                        response.close()
+        except TTSError as exc:
+            put(exc)
+        else:
+            put(_END)
+
+    def _errors(self) -> _ErrorSentences:
+        return _ErrorSentences(self.config.root, self.config.timeout)
+
+
+class _ErrorSentences:
+    """Turns aiohttp's failures into `TTSError`s with a sentence (async context manager)."""
+
+    def __init__(self, root: str, timeout: float) -> None:
+        self._root = root
+        self._timeout = timeout
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, (TTSError, asyncio.CancelledError)) or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, TimeoutError):
+            sentence = f"the speech server at {self._root} sent nothing for {self._timeout:g} seconds"
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            sentence = f"the speech server at {self._root} cannot be reached ({exc.os_error.strerror or exc})"
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            sentence = f"the speech server at {self._root} stopped in the middle of an answer"
+        elif isinstance(exc, (aiohttp.ClientError, ValueError)):
+            sentence = f"the speech server at {self._root} failed: {exc}"
+        else:
+            return
+        raise TTSError(sentence) from exc
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    """A `TTSError` naming the status and the server's own message for 4xx/5xx answers."""
+    if response.status < 400:
+        return
+    text = (await response.text(errors="replace"))[:300]
+    try:
+        detail = json.loads(text)
+        error = detail.get("error", detail.get("detail", text)) if isinstance(detail, dict) else text
+        message = error.get("message", text) if isinstance(error, dict) else str(error)
+    except ValueError:
+        message = text
+    reason = f"{response.status} {response.reason or ''}".strip()
+    if response.status in (401, 403):
+        raise TTSError(f"the speech server refused the API key ({reason})")
+    raise TTSError(f"the speech server answered {reason}: {message.strip() or 'no details'}")

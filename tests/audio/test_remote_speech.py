@@ -1,0 +1,263 @@
+"""The remote speech engine against a small OpenAI-style speech server on loopback (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from audio.speech import TTSError, Voice
+from audio.speech.remote import OPENAI_SAMPLE_RATE, PcmDecoder, RemoteConfig, RemoteEngine
+from tests.fakes.speech_app import ROOT, free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+VOICE = Voice("A calm voice.", seed=7)
+# The client's cancel path is a 20 ms poll plus one event-loop turn; the bound adds room for a 2-core machine
+# shared by several test runs, where a thread can wait its turn for a few hundred milliseconds.
+DISCONNECT_BUDGET_S = 0.1
+LOADED_MACHINE_MARGIN_S = 0.4
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    return (samples * 32768).astype("<i2").tobytes()
+
+
+def ramp(count: int, start: int = 0) -> np.ndarray:
+    """Distinct, exactly representable samples."""
+    return ((np.arange(start, start + count) % 2000) - 1000).astype(np.float32) / 32768
+
+
+class SpeechServer:
+    """Serves `/v1/models` and delegates `/v1/audio/speech` to `self.speech`; records each request's body and
+    headers; `disconnected` is set when a client goes away mid-answer."""
+
+    def __init__(self, speech: Handler, models: dict | None = None) -> None:
+        self.speech = speech
+        self.models = models if models is not None else {"data": [{"id": "parler", "sample_rate": 44100}]}
+        self.bodies: list[dict] = []
+        self.headers: list[dict[str, str]] = []
+        self.disconnected = asyncio.Event()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.headers.append(dict(request.headers))
+        return web.json_response(self.models)
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.json())
+        self.headers.append(dict(request.headers))
+        try:
+            return await self.speech(request)
+        except asyncio.CancelledError:
+            self.disconnected.set()
+            raise
+
+
+@asynccontextmanager
+async def serving(server: SpeechServer) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_get("/v1/models", server._models)
+    app.router.add_post("/v1/audio/speech", server._speech)
+    runner = web.AppRunner(app, handler_cancellation=True)  # a client that goes away cancels the handler
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def engine_for(url: str, **options: object) -> AsyncIterator[RemoteEngine]:
+    config = RemoteConfig(base_url=url, model="parler", **options)  # type: ignore[arg-type]
+    engine = await asyncio.to_thread(RemoteEngine.connect, config)
+    try:
+        yield engine
+    finally:
+        await asyncio.to_thread(engine.close)
+
+
+async def start_pcm(request: web.Request, rate: int | None = 44100) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"X-Sample-Rate": str(rate)} if rate else {})
+    await response.prepare(request)
+    return response
+
+
+async def take(chunks: Iterator[np.ndarray], count: int | None = None) -> list[np.ndarray]:
+    """The next `count` chunks (all when None), read on a thread like the scheduler does."""
+    return await asyncio.to_thread(lambda: list(chunks) if count is None else [next(chunks) for _ in range(count)])
+
+
+async def test_chunks_arrive_while_the_answer_is_still_being_generated() -> None:
+    release = asyncio.Event()
+
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request)
+        await response.write(pcm(ramp(1000)))
+        await release.wait()  # the answer is not over until the test has seen the first chunk
+        await response.write(pcm(ramp(1001, 1000))[:1001])  # an odd byte count: half a sample, split over writes
+        await response.write(pcm(ramp(1001, 1000))[1001:])
+        await response.write_eof()
+        return response
+
+    server = SpeechServer(speech)
+    async with serving(server) as url, engine_for(url, api_key="sesame") as engine:
+        assert engine.sample_rate == 44100  # from /v1/models
+        chunks = engine.stream("It is certain.", VOICE)
+        (first,) = await take(chunks, 1)
+        np.testing.assert_array_equal(first, ramp(1000))
+        release.set()
+        rest = await take(chunks)
+
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), ramp(2001))
+    assert server.bodies == [
+        {
+            "model": "parler",
+            "input": "It is certain.",
+            "voice": "A calm voice.",
+            "response_format": "pcm",
+            "stream": True,
+            "seed": 7,
+        }
+    ]
+    assert {h["Authorization"] for h in server.headers} == {"Bearer sesame"}
+    assert "sesame" not in repr(engine) and "sesame" not in repr(engine.config)
+
+
+async def test_named_voices_and_the_rate_openai_sends() -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request, rate=None)  # no X-Sample-Rate: 24 kHz
+        await response.write(pcm(ramp(480)))
+        return response
+
+    server = SpeechServer(speech, models={"object": "list", "data": [{"id": "kokoro"}]})
+    async with serving(server) as url, engine_for(f"{url}/v1", voice="af_bella") as engine:  # OpenAI-style base
+        assert engine.sample_rate == OPENAI_SAMPLE_RATE
+        audio = np.concatenate(await take(engine.stream("Yes.", VOICE)))
+    np.testing.assert_array_equal(audio, ramp(480))
+    assert server.bodies[0]["voice"] == "af_bella"
+    assert "Authorization" not in server.headers[0]
+
+
+async def test_a_stream_at_another_rate_is_resampled() -> None:
+    seconds = np.arange(2400) / 24000
+    sine = (0.5 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32)
+
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request, rate=24000)
+        for part in np.array_split(sine, 7):
+            await response.write(pcm(part))
+        return response
+
+    async with serving(SpeechServer(speech)) as url, engine_for(url, sample_rate=48000) as engine:
+        audio = np.concatenate(await take(engine.stream("Yes.", VOICE)))
+    expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(audio.size) / 48000)
+    assert abs(audio.size - 2 * sine.size) <= 2
+    assert np.max(np.abs(audio - expected)) < 0.01
+
+
+def test_the_decoder_is_continuous_across_chunk_boundaries() -> None:
+    samples = np.sin(np.arange(3001) / 9).astype(np.float32) * 0.5
+    data = pcm(samples)
+    whole = PcmDecoder(44100, 48000).feed(data)
+    decoder = PcmDecoder(44100, 48000)
+    pieces = [decoder.feed(data[i : i + 333]) for i in range(0, len(data), 333)]
+    np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-6)
+    assert PcmDecoder(24000, 24000).feed(data[:5]).size == 2  # the odd byte waits for its partner
+
+
+async def test_cancel_closes_the_stream_while_blocked_on_a_read() -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request)
+        await response.write(pcm(ramp(1000)))
+        await asyncio.Event().wait()  # generating forever, until the client goes away
+        return response
+
+    server = SpeechServer(speech)
+    async with serving(server) as url, engine_for(url) as engine:
+        cancel = threading.Event()
+        chunks = engine.stream("Ask again later.", VOICE, cancel)
+        await take(chunks, 1)
+        rest = asyncio.create_task(take(chunks))  # blocked: the server sends nothing more
+        await asyncio.sleep(0)
+        cancel.set()
+        await asyncio.wait_for(server.disconnected.wait(), DISCONNECT_BUDGET_S + LOADED_MACHINE_MARGIN_S)
+        assert await asyncio.wait_for(rest, 10) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sentence"),
+    [
+        (500, {"error": {"message": "CUDA out of memory"}}, "answered 500 Internal Server Error: CUDA out of memory"),
+        (400, {"detail": "voice not found"}, "answered 400 Bad Request: voice not found"),
+        (401, {"error": {"message": "bad key"}}, "refused the API key (401 Unauthorized)"),
+    ],
+)
+async def test_error_statuses_become_sentences(status: int, body: dict, sentence: str) -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+    async with serving(SpeechServer(speech)) as url, engine_for(url) as engine:
+        with pytest.raises(TTSError, match=re.escape(sentence)):
+            await take(engine.stream("Yes.", VOICE))
+
+
+async def test_a_stream_cut_mid_answer_is_an_error() -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request)
+        await response.write(pcm(ramp(1000)))
+        assert request.transport is not None
+        request.transport.close()  # no terminating chunk: the server died mid-answer
+        return response
+
+    async with serving(SpeechServer(speech)) as url, engine_for(url) as engine:
+        chunks = engine.stream("Yes.", VOICE)
+        with pytest.raises(TTSError, match="stopped in the middle of an answer"):
+            await take(chunks)
+
+
+async def test_silence_for_the_timeout_is_an_error() -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request)
+        await response.write(pcm(ramp(1000)))
+        await asyncio.Event().wait()
+        return response
+
+    async with serving(SpeechServer(speech)) as url, engine_for(url, timeout=0.3) as engine:
+        chunks = engine.stream("Yes.", VOICE)
+        await take(chunks, 1)
+        with pytest.raises(TTSError, match=r"sent nothing for 0\.3 seconds"):
+            await take(chunks)
+
+
+async def test_a_server_that_is_not_there() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TTSError, match="cannot be reached"):
+        await asyncio.to_thread(RemoteEngine.connect, RemoteConfig(url, "parler"))
+    async with engine_for(url, sample_rate=24000) as engine:  # a configured rate needs no server at start-up
+        with pytest.raises(TTSError, match="cannot be reached"):
+            await take(engine.stream("Yes.", VOICE))
+
+
+def test_the_bot_side_never_imports_torch_or_ray() -> None:
+    code = (
+        "import sys, bot.client, bot.services, audio.speech.remote; "
+        "print(sorted({'torch', 'ray'} & {m.split('.')[0] for m in sys.modules}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"
