@@ -178,7 +178,9 @@ class DecodingLoop:
             admitted: list[Request] = []
             while self._pending and len(self._rows) + len(admitted) < self.capacity:
                 request = self._pending.popleft()
-                if not request.stopped:
+                if request.stopped:  # cancelled while waiting
+                    self.codec.send(END, request.sink)
+                else:
                     admitted.append(request)
             return admitted
 
@@ -315,6 +317,10 @@ class DecodingLoop:
     def _release_stopped(self) -> None:
         """Free the rows of stopped requests (highest first), moving the last row into each freed place."""
         for index in reversed([i for i, row in enumerate(self._rows) if row.request.stopped]):
+            request = self._rows[index].request
+            if not (request.ended or request.failed):  # cancelled: its consumer may be waiting for a chunk
+                request.ended = True
+                self.codec.send(END, request.sink)
             last = len(self._rows) - 1
             if index != last:
                 moved = self._rows[last]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,9 @@ class SpeechServer:
         frames_per_sentence: int | None = None,
         do_sample: bool = True,
         cuda_graphs: bool | None = None,
+        decode: Callable[[torch.Tensor], list[np.ndarray]] | None = None,
     ) -> None:
+        """`decode` replaces the codec call ((batch, codebooks, frames) → samples), e.g. to time the decoder alone."""
         self.config = config
         self.model = model
         device = model.device
@@ -65,7 +67,7 @@ class SpeechServer:
         if cuda_graphs if cuda_graphs is not None else device.type == "cuda":
             batches = batch_buckets(self.max_streams)
             runner = CudaGraphs(self.decoder, batches, length_buckets(self.decoder.cache.length)).warm_up()
-        self.codec = CodecWorker(lambda codes: decode_batch(model, codes), max_batch=self.max_streams)
+        self.codec = CodecWorker(decode or (lambda codes: decode_batch(model, codes)), max_batch=self.max_streams)
         self.loop = DecodingLoop(
             self.decoder,
             tokenizer,
