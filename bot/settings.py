@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # One guild's share of the speech engine: answers waiting, and answers generating at once.
     tts_queue_per_guild: int = Field(4, ge=1)
     tts_slots_per_guild: int = Field(2, ge=1)
+    # The batched speech server: answers per batch (empty: 32 on CUDA, 8 on CPU), frames per sentence, int8 on CPU.
+    tts_max_batch: int | None = Field(None, ge=1, le=256)
+    tts_max_frames: int | None = Field(None, ge=16)
+    tts_quantize: Literal["none", "int8"] = "none"
 
     # Audio tooling
     ffmpeg_path: Path | None = None

@@ -108,7 +108,9 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 def make_server(path: Path, *, sample: bool, decode: Callable[..., Any] | None = silent_decode) -> SpeechServer:
-    return SpeechServer.load(tiny_config(path, max_batch=8), frames_per_sentence=FRAMES, do_sample=sample, decode=decode)
+    return SpeechServer.load(
+        tiny_config(path, max_batch=8), frames_per_sentence=FRAMES, do_sample=sample, decode=decode
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,7 @@ def generate_codes(model: ParlerTTSForConditionalGeneration, kwargs: dict[str, A
 
 def test_greedy_batch_1_equals_generate(tiny_parler_dir: Path, greedy: SpeechServer) -> None:
     reference = TTSEngine.load(tiny_config(tiny_parler_dir), frames_per_sentence=FRAMES)
-    for text, voice in zip(SENTENCES[:2], VOICES[:2]):  # one sentence: one `generate()` call
+    for text, voice in zip(SENTENCES[:2], VOICES[:2], strict=True):  # one sentence: one `generate()` call
         kwargs = {**reference.generate_kwargs(text, voice), "do_sample": False}
         expected = generate_codes(reference.model, kwargs)
         assert expected.shape == (FRAMES, 9)
@@ -166,12 +168,12 @@ def test_eos_padding_and_min_length_follow_generate(tiny_parler_dir: Path) -> No
     reference = TTSEngine(config, model, tokenizer)
     try:
         lengths = []
-        for sentence, voice in zip(SENTENCES, VOICES * 2):
+        for sentence, voice in zip(SENTENCES, (VOICES * 2)[:5], strict=True):
             kwargs = {**reference.generate_kwargs(sentence, voice), "do_sample": False}
             expected = generate_codes(model, {**kwargs, "max_new_tokens": MAX_FRAMES + 8})
             lengths.append(len(expected))
             assert torch.equal(solo(server, sentence, voice), expected)
-        assert 0 < min(lengths) and max(lengths) < MAX_FRAMES  # EOS ended every sentence early
+        assert min(lengths) > 0 and max(lengths) < MAX_FRAMES  # EOS ended every sentence early
     finally:
         server.close()
 
@@ -350,3 +352,14 @@ def test_a_closed_server_refuses_and_ends_answers(tiny_parler_dir: Path, caplog:
     server.close()
     with pytest.raises(TTSError, match="closed"):
         list(server.stream("Yes.", VOICES[0]))
+
+
+def test_settings_reach_the_engine_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.services import tts_config
+    from bot.settings import Settings
+
+    monkeypatch.setenv("TTS_MAX_BATCH", "4")
+    monkeypatch.setenv("TTS_MAX_FRAMES", "")
+    monkeypatch.setenv("TTS_QUANTIZE", "int8")
+    config = tts_config(Settings())
+    assert (config.max_batch, config.max_frames, config.quantize) == (4, None, "int8")

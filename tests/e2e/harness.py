@@ -24,7 +24,7 @@ from parler_tts import ParlerTTSForConditionalGeneration
 
 from audio.source import FRAME_SECONDS, StreamingSource
 from audio.speech import TTSConfig
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from bot.client import MagicBot
 from bot.services import build_oracle
 from bot.settings import Settings
@@ -59,10 +59,10 @@ def build_voiced_parler(path: Path) -> Path:
     return path
 
 
-def load_voiced_engine(path: Path) -> TTSEngine:
+def load_voiced_engine(path: Path) -> SpeechServer:
     """The voiced checkpoint through the bot's loading code: 40 frames per sentence, chunks of 9 then 22."""
     config = TTSConfig(model=str(build_voiced_parler(path)), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
-    return TTSEngine.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
+    return SpeechServer.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
 
 
 @dataclass(eq=False)
@@ -122,7 +122,7 @@ def e2e_settings(tmp_path: Path, fake: FakeInference, **overrides: Any) -> Setti
 
 @asynccontextmanager
 async def serving(
-    scene: Scene, tmp_path: Path, fake: FakeInference, engine: TTSEngine, **overrides: Any
+    scene: Scene, tmp_path: Path, fake: FakeInference, engine: SpeechServer, **overrides: Any
 ) -> AsyncIterator[tuple[MagicBot, SourceSpy]]:
     """The bot with the real TTS engine and the fake Inference API, and a spy on its voice sources."""
     settings = e2e_settings(tmp_path, fake, **overrides)

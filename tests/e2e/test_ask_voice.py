@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audio.speech import Voice
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.bot.conftest import Scene
 from tests.bot.test_ask import fields, final_embed
 from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, answered, assert_played_whole, join, serving
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def test_ask_in_voice_speaks_the_synthesised_answer(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
         await join(scene)

@@ -9,7 +9,7 @@ from typing import Any
 import discord
 import pytest
 
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.bot.conftest import Scene
 from tests.bot.test_ask import final_embed
 from tests.e2e.harness import answered, assert_played_whole, build_scene, heard, join, serving
@@ -35,7 +35,7 @@ async def test_simultaneous_questions_in_two_guilds_are_all_spoken_in_turn(
     scene: Scene,
     tmp_path: Path,
     fake_inference: FakeInference,
-    voiced_engine: TTSEngine,
+    voiced_engine: SpeechServer,
     ffmpeg: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from audio.inference import ModelBusy, ProviderError
 from audio.source import FRAME_SECONDS
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.bot.conftest import Scene
 from tests.bot.doubles import until
 from tests.bot.test_ask import ephemeral_reply, fields, final_embed
@@ -25,7 +25,7 @@ LONG_ANSWER = (
 )
 
 
-async def assert_still_speaking(scene: Scene, spy: SourceSpy, engine: TTSEngine, ffmpeg: str) -> None:
+async def assert_still_speaking(scene: Scene, spy: SourceSpy, engine: SpeechServer, ffmpeg: str) -> None:
     """A new question is answered and spoken whole on the current voice connection."""
     voice = scene.emu.voice(scene.guild.id)
     start, sources = len(voice.packets), len(spy.spoken)
@@ -39,7 +39,7 @@ async def assert_still_speaking(scene: Scene, spy: SourceSpy, engine: TTSEngine,
 
 
 async def test_voice_session_lost_mid_answer_is_finished_or_explained(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     fake_inference.chat_reply = LONG_ANSWER
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
@@ -86,7 +86,7 @@ async def test_gateway_resume_keeps_speaking(
     scene: Scene,
     tmp_path: Path,
     fake_inference: FakeInference,
-    voiced_engine: TTSEngine,
+    voiced_engine: SpeechServer,
     ffmpeg: str,
     fault: Callable[[DiscordEmulator], Awaitable[None]],
     resumes: int,
@@ -102,7 +102,7 @@ async def test_gateway_resume_keeps_speaking(
 
 
 async def test_new_gateway_session_rejoins_voice_and_keeps_speaking(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     gateway = scene.emu.gateway
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (_, spy):
@@ -119,7 +119,7 @@ async def test_new_gateway_session_rejoins_voice_and_keeps_speaking(
 
 
 async def test_inference_errors_are_retried_or_explained(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, voiced_engine, inference_retries=1) as (_, spy):
         await join(scene)
@@ -136,7 +136,7 @@ async def test_inference_errors_are_retried_or_explained(
 
 
 async def test_rate_limited_rest_calls_are_retried(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     emu = scene.emu
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (_, spy):
