@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,26 +103,30 @@ _STOP = object()
 class CodecWorker:
     """Decodes blocks on its own thread, so the decoding loop never waits for the codec.
 
-    Jobs are handled in submission order, so each request's chunks (and the markers sent after them with `send`)
-    reach its sink in order. Whatever is queued when the worker wakes up is decoded together: blocks with the same
-    number of frames go through `decode_batch` ((batch, codebooks, n) codes → one sample array each) in one call.
-    A codec failure reaches the sinks of the blocks concerned as the exception and calls their `on_error`.
+    Each request's blocks (and the markers sent after them with `send`: its end or its error) reach its sink in
+    order. Across requests, the next block decoded is the one of the request with the least audio delivered so
+    far, so a new answer's first chunk never waits behind the rest of longer answers. Heads of several requests
+    with the same number of frames go through `decode_batch` ((batch, codebooks, n) codes → one sample array each)
+    together, up to `max_batch` per call (1 on CPUs, where a batched DAC decode costs more per block than one at a
+    time). A codec failure reaches the sink of the block concerned as the exception and calls its `on_error`.
     """
 
     def __init__(self, decode_batch: Callable[[torch.Tensor], list[np.ndarray]], max_batch: int = 32) -> None:
         self._decode_batch = decode_batch
         self._max_batch = max_batch
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[Sink, deque[tuple[Block | None, Any]]] = {}
+        self._delivered: dict[Sink, int] = {}
         self._thread = threading.Thread(target=self._run, name="speech-codec", daemon=True)
         self._thread.start()
 
     def submit(self, block: Block, sink: Sink, on_error: Callable[[], None]) -> None:
         """Decode `block` and hand its samples to `sink`."""
-        self._jobs.put((block, sink, on_error))
+        self._jobs.put((sink, block, on_error))
 
     def send(self, item: Any, sink: Sink) -> None:
-        """Hand `item` to `sink` once every block submitted before it has been delivered."""
-        self._jobs.put((None, sink, item))
+        """Hand `item` (the request's last) to `sink` once every block submitted before it has been delivered."""
+        self._jobs.put((sink, None, item))
 
     def close(self) -> None:
         """Stop after the jobs already queued."""
@@ -129,44 +134,54 @@ class CodecWorker:
         self._thread.join()
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not _STOP:
-            jobs = [job]
-            while len(jobs) < self._max_batch:
+        stopping = False
+        while True:
+            if not self._pending and stopping:
+                return
+            job = self._jobs.get() if not self._pending else None
+            while True:
+                if job is _STOP:
+                    stopping = True
+                elif job is not None:
+                    sink, block, extra = job
+                    self._pending.setdefault(sink, deque()).append((block, extra))
                 try:
                     job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is _STOP:
-                    self._handle(jobs)
-                    return
-                jobs.append(job)
-            self._handle(jobs)
+            self._deliver_markers()
+            if self._pending:
+                self._decode_next()
 
-    def _handle(self, jobs: list[tuple[Block | None, Sink, Any]]) -> None:
-        audio = self._decode_all([block for block, _, _ in jobs if block is not None])
-        for block, sink, extra in jobs:
-            if block is None:
-                sink(extra)
-                continue
-            result = audio[id(block)]
-            if isinstance(result, BaseException):
-                extra()
-                sink(result)
-            elif result.size:
-                sink(result)
+    def _deliver_markers(self) -> None:
+        """Hand out the markers at the head of each request's queue (they need no codec)."""
+        for sink in list(self._pending):
+            jobs = self._pending[sink]
+            while jobs and jobs[0][0] is None:
+                sink(jobs.popleft()[1])
+                self._delivered.pop(sink, None)
+            if not jobs:
+                del self._pending[sink]
 
-    def _decode_all(self, blocks: list[Block]) -> dict[int, np.ndarray | BaseException]:
-        """Each block's samples (or the exception that stopped its group), keyed by `id(block)`."""
-        groups: dict[tuple[int, ...], list[Block]] = {}
-        for block in blocks:
-            groups.setdefault(tuple(block.codes.shape), []).append(block)
-        results: dict[int, np.ndarray | BaseException] = {}
-        for group in groups.values():
-            try:
-                decoded = self._decode_batch(torch.stack([block.codes for block in group]))
-            except Exception as exc:  # one bad group must not end the worker
-                log.exception("Codec decode failed for %d blocks", len(group))
-                results.update((id(block), exc) for block in group)
-            else:
-                results.update((id(block), block.cut(audio)) for block, audio in zip(group, decoded, strict=True))
-        return results
+    def _decode_next(self) -> None:
+        """Decode the head block of the request with the least audio, with same-sized heads of others."""
+        order = sorted(self._pending, key=lambda sink: self._delivered.get(sink, 0))
+        shape = self._pending[order[0]][0][0].codes.shape
+        group = [sink for sink in order if self._pending[sink][0][0].codes.shape == shape][: self._max_batch]
+        heads = [self._pending[sink].popleft() for sink in group]
+        try:
+            audio = self._decode_batch(torch.stack([block.codes for block, _ in heads]))
+        except Exception as exc:  # one bad call must not end the worker
+            log.exception("Codec decode failed for %d blocks", len(heads))
+            for sink, (_, on_error) in zip(group, heads, strict=True):
+                on_error()
+                sink(exc)
+        else:
+            for sink, (block, _), samples in zip(group, heads, audio, strict=True):
+                chunk = block.cut(samples)
+                self._delivered[sink] = self._delivered.get(sink, 0) + chunk.size
+                if chunk.size:
+                    sink(chunk)
+        for sink in group:
+            if not self._pending[sink]:
+                del self._pending[sink]

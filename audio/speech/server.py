@@ -67,7 +67,8 @@ class SpeechServer:
         if cuda_graphs if cuda_graphs is not None else device.type == "cuda":
             batches = batch_buckets(self.max_streams)
             runner = CudaGraphs(self.decoder, batches, length_buckets(self.decoder.cache.length)).warm_up()
-        self.codec = CodecWorker(decode or (lambda codes: decode_batch(model, codes)), max_batch=self.max_streams)
+        codec_batch = self.max_streams if device.type == "cuda" else 1
+        self.codec = CodecWorker(decode or (lambda codes: decode_batch(model, codes)), max_batch=codec_batch)
         self.loop = DecodingLoop(
             self.decoder,
             tokenizer,

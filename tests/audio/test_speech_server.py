@@ -281,34 +281,40 @@ def test_batched_audio_matches_one_full_decode_of_its_codes(tiny_parler_dir: Pat
         server.close()
 
 
-def test_codec_worker_batches_blocks_of_one_length_and_keeps_order() -> None:
-    calls: list[int] = []
-    busy, release = threading.Event(), threading.Event()
+class GatedCodec:
+    """A codec stand-in that records each call's blocks and holds the first call until `release` is set."""
 
-    def decode(codes: torch.Tensor) -> list[np.ndarray]:
-        calls.append(codes.shape[0])
-        busy.set()
-        assert release.wait(WAIT)
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.busy, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, codes: torch.Tensor) -> list[np.ndarray]:
+        self.calls.append([int(item[0, 0]) for item in codes])
+        self.busy.set()
+        assert self.release.wait(WAIT)
         return [np.full(codes.shape[-1] * 2, float(item[0, 0])) for item in codes]
 
-    worker = CodecWorker(decode)
-    received: list[Any] = []
-    done = threading.Event()
 
-    def block(value: int, frames: int) -> Block:
-        return Block(torch.full((9, frames), value), 0, frames)
+def block(value: int, frames: int = 4) -> Block:
+    return Block(torch.full((9, frames), value), 0, frames)
 
-    worker.submit(block(1, 4), received.append, lambda: None)
-    assert busy.wait(WAIT)  # the worker is inside the first call; the next jobs queue up
-    worker.submit(block(2, 4), received.append, lambda: None)
-    worker.submit(block(3, 6), received.append, lambda: None)
-    worker.submit(block(4, 4), received.append, lambda: None)
-    worker.send("end", lambda item: (received.append(item), done.set()))
-    release.set()
-    assert done.wait(WAIT)
+
+def test_codec_worker_batches_heads_of_one_length_and_keeps_each_order() -> None:
+    codec = GatedCodec()
+    worker = CodecWorker(codec, max_batch=4)
+    first, second, third = [], [], []
+    worker.submit(block(1), first.append, lambda: None)
+    assert codec.busy.wait(WAIT)  # the worker is inside the first call; the next jobs queue up
+    worker.submit(block(2), first.append, lambda: None)
+    worker.submit(block(3, 6), second.append, lambda: None)
+    worker.submit(block(4), third.append, lambda: None)
+    worker.send("end", first.append)
+    codec.release.set()
     worker.close()
-    assert calls == [1, 2, 1]  # blocks 2 and 4 (4 frames each) shared one call
-    assert [item if isinstance(item, str) else float(item[0]) for item in received] == [1, 2, 3, 4, "end"]
+    # Requests with less audio delivered go first (3, 4 before 2); heads of one length share a call (4 with 2).
+    assert codec.calls == [[1], [3], [4, 2]]
+    assert [item if isinstance(item, str) else float(item[0]) for item in first] == [1, 2, "end"]
+    assert [float(item[0]) for item in second + third] == [3, 4]
 
 
 def test_codec_failure_ends_the_requests_concerned() -> None:
