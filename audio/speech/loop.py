@@ -229,13 +229,15 @@ class DecodingLoop:
             )
         chosen = self.rules.choose(scores, noise)
         masked, finished, done = self.rules.close(chosen, columns, finished)
-        host = masked.cpu()
+        # One device-to-host copy per step: the new columns, which rows are done, their first open codebooks.
+        host = torch.cat([masked, done[:, None].long(), first_open[:, None]], dim=1).cpu()
+        codebooks = self.rules.num_codebooks
         for k, (index, row) in enumerate(zip(indices, rows, strict=True)):
-            row.tokens, row.finished, row.first_open = masked[k], finished[k], int(first_open[k])
+            row.tokens, row.finished, row.first_open = masked[k], finished[k], int(host[k, codebooks + 1])
             row.column += 1
             try:
-                self._emit(row, host[k])
-                if bool(done[k]):
+                self._emit(row, host[k, :codebooks])
+                if bool(host[k, codebooks]):
                     self._next_sentence(index)
             except Exception as exc:
                 log.exception("A speech request failed")
