@@ -303,10 +303,10 @@ class DecodingLoop:
         row.blocks = FrameBlocks(
             self.config.context_frames, chunk_frames(first_s, self.config.chunk_s, self._frame_rate)
         )
-        decoder.cache.load_voice(index, voice)
         length = bucket(row.prompt_length + 1, self._lengths)
         context = bucket(voice.length, self._contexts)
-        decoder.cache.prepare(length, context)
+        decoder.cache.prepare(length, context)  # before loading: preparing zeroes the newly used region
+        decoder.cache.load_voice(index, voice)
         positions = torch.arange(row.prompt_length + 1, device=decoder.device)[None]
         self._advance([index], decoder.forward(hidden, positions, index, length, context))
 

@@ -100,7 +100,8 @@ class StaticCache:
         self._zeroed_context = 0
 
     def prepare(self, length: int, context: int) -> None:
-        """Make positions below `length` and tokens below `context` finite in every row."""
+        """Make positions below `length` and tokens below `context` finite in every row (zeroing the part never
+        used before: call it before writing there)."""
         if length > self._zeroed:
             for buffer in (*self.keys, *self.values):
                 buffer[:, :, self._zeroed : length].zero_()

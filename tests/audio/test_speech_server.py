@@ -199,6 +199,15 @@ def test_an_answer_is_the_same_alone_and_in_a_batch_of_8(
         assert not torch.equal(expected[0], solo(server, answers[0][0], Voice(JENNY_DESCRIPTION, 8)))
 
 
+def test_the_first_answer_of_a_new_server_is_like_any_other(tiny_parler_dir: Path) -> None:
+    server = make_server(tiny_parler_dir, sample=True)  # fresh: its cache is prepared during the first answer
+    try:
+        text, voice = answer(5)
+        assert torch.equal(solo(server, text, voice), solo(server, text, voice))
+    finally:
+        server.close()
+
+
 def test_cancelling_3_of_8_keeps_the_others_and_frees_their_rows(
     greedy: SpeechServer, pool: ThreadPoolExecutor
 ) -> None:
