@@ -150,6 +150,20 @@ class DecodingLoop:
     # --- the thread ---------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a bug in the loop itself: nobody may wait forever, so the server stops serving
+            log.exception("The speech decoding loop stopped")
+            with self._wake:
+                self._closed = True
+        error = TTSError("the speech server was closed")
+        for request in [*self._pending, *(row.request for row in self._rows)]:
+            if not request.stopped:
+                self.codec.send(error, request.sink)
+        self._pending.clear()
+        self._rows.clear()
+
+    def _serve(self) -> None:
         with torch.inference_mode():
             while True:
                 self._release_stopped()
@@ -161,12 +175,6 @@ class DecodingLoop:
                 self._release_stopped()
                 if self._rows:
                     self._step()
-        error = TTSError("the speech server was closed")
-        for request in [*self._pending, *(row.request for row in self._rows)]:
-            if not request.stopped:
-                self.codec.send(error, request.sink)
-        self._pending.clear()
-        self._rows.clear()
 
     def _admit(self) -> list[Request] | None:
         """Wait for work; take waiting requests into free rows. None once closed."""

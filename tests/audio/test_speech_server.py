@@ -208,6 +208,16 @@ def test_the_first_answer_of_a_new_server_is_like_any_other(tiny_parler_dir: Pat
         server.close()
 
 
+def test_a_voice_description_is_encoded_once(greedy: SpeechServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[int] = []
+    encode = greedy.decoder.encode
+    monkeypatch.setattr(greedy.decoder, "encode", lambda *args: (encoded.append(1), encode(*args))[1])
+    voice = Voice("Jenny speaks quickly with clear audio quality.", 5)
+    for text in SENTENCES[:3]:
+        solo(greedy, text, voice)
+    assert len(encoded) == 1
+
+
 def test_cancelling_3_of_8_keeps_the_others_and_frees_their_rows(
     greedy: SpeechServer, pool: ThreadPoolExecutor
 ) -> None:
