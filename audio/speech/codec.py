@@ -120,9 +120,11 @@ class CodecWorker:
         self._thread = threading.Thread(target=self._run, name="speech-codec", daemon=True)
         self._thread.start()
 
-    def submit(self, block: Block, sink: Sink, on_error: Callable[[], None]) -> None:
-        """Decode `block` and hand its samples to `sink`."""
-        self._jobs.put((sink, block, on_error))
+    def submit(
+        self, block: Block, sink: Sink, on_error: Callable[[], None], skip: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Decode `block` and hand its samples to `sink`, unless `skip()` is true by then (a cancelled request)."""
+        self._jobs.put((sink, block, (on_error, skip)))
 
     def send(self, item: Any, sink: Sink) -> None:
         """Hand `item` (the request's last) to `sink` once every block submitted before it has been delivered."""
@@ -165,6 +167,17 @@ class CodecWorker:
 
     def _decode_next(self) -> None:
         """Decode the head block of the request with the least audio, with same-sized heads of others."""
+        for sink in list(self._pending):  # drop the blocks nobody will hear
+            jobs = self._pending[sink]
+            while jobs and jobs[0][0] is not None and jobs[0][1][1]():
+                jobs.popleft()
+            if not jobs:
+                del self._pending[sink]
+            elif jobs[0][0] is None:
+                self._deliver_markers()
+                return
+        if not self._pending:
+            return
         order = sorted(self._pending, key=lambda sink: self._delivered.get(sink, 0))
         shape = self._pending[order[0]][0][0].codes.shape
         group = [sink for sink in order if self._pending[sink][0][0].codes.shape == shape][: self._max_batch]
@@ -173,7 +186,7 @@ class CodecWorker:
             audio = self._decode_batch(torch.stack([block.codes for block, _ in heads]))
         except Exception as exc:  # one bad call must not end the worker
             log.exception("Codec decode failed for %d blocks", len(heads))
-            for sink, (_, on_error) in zip(group, heads, strict=True):
+            for sink, (_, (on_error, _skip)) in zip(group, heads, strict=True):
                 on_error()
                 sink(exc)
         else:

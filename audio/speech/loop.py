@@ -268,7 +268,8 @@ class DecodingLoop:
     def _send(self, row: _Row, block: Any) -> None:
         if block is not None:
             request = row.request
-            self.codec.submit(block, request.sink, lambda: setattr(request, "failed", True))
+            skip = request.cancel.is_set
+            self.codec.submit(block, request.sink, lambda: setattr(request, "failed", True), skip)
 
     def _next_sentence(self, index: int) -> None:
         """Close the row's sentence; prefill the next one, or end the request."""

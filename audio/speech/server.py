@@ -35,6 +35,19 @@ DESCRIPTION_TOKENS = 256
 """The longest voice description, in tokens."""
 
 
+def codec_call(model: ParlerTTSForConditionalGeneration) -> Callable[[torch.Tensor], list[np.ndarray]]:
+    """The model's codec for the worker thread; on CUDA on a stream of its own, beside the decoder's steps."""
+    if model.device.type != "cuda":
+        return lambda codes: decode_batch(model, codes)
+    stream = torch.cuda.Stream(model.device)
+
+    def decode(codes: torch.Tensor) -> list[np.ndarray]:
+        with torch.cuda.stream(stream):
+            return decode_batch(model, codes)
+
+    return decode
+
+
 class SpeechServer:
     """Parler-TTS serving up to `max_streams` answers at once; implements `SpeechEngine`."""
 
@@ -68,7 +81,7 @@ class SpeechServer:
             batches = batch_buckets(self.max_streams)
             runner = CudaGraphs(self.decoder, batches, length_buckets(self.decoder.cache.length)).warm_up()
         codec_batch = self.max_streams if device.type == "cuda" else 1
-        self.codec = CodecWorker(decode or (lambda codes: decode_batch(model, codes)), max_batch=codec_batch)
+        self.codec = CodecWorker(decode or codec_call(model), max_batch=codec_batch)
         self.loop = DecodingLoop(
             self.decoder,
             tokenizer,

@@ -336,6 +336,22 @@ def test_codec_worker_batches_heads_of_one_length_and_keeps_each_order() -> None
     assert [float(item[0]) for item in second + third] == [3, 4]
 
 
+def test_codec_worker_skips_blocks_of_cancelled_requests() -> None:
+    codec = GatedCodec()
+    worker = CodecWorker(codec)
+    heard: list[Any] = []
+    cancelled = threading.Event()
+    worker.submit(block(1), heard.append, lambda: None, cancelled.is_set)
+    assert codec.busy.wait(WAIT)
+    worker.submit(block(2), heard.append, lambda: None, cancelled.is_set)
+    worker.send("end", heard.append)
+    cancelled.set()
+    codec.release.set()
+    worker.close()
+    assert codec.calls == [[1]]
+    assert heard[-1] == "end" and len(heard) == 2
+
+
 def test_codec_failure_ends_the_requests_concerned() -> None:
     def decode(codes: torch.Tensor) -> list[np.ndarray]:
         raise RuntimeError("codec broke")
