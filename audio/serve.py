@@ -105,7 +105,7 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
-class SpeechServer:
+class SpeechDeployment:
     """One replica: the engine, a scheduler in front of it, and the HTTP routes."""
 
     def __init__(
@@ -235,7 +235,7 @@ class SpeechServer:
 def build(settings: ServeSettings, engine_factory: EngineFactory = _load_engine) -> Application:
     """The Serve application for `settings`; `engine_factory` builds each replica's engine from its config."""
     deployment = serve.deployment(
-        SpeechServer,
+        SpeechDeployment,
         name="speech",
         ray_actor_options={"num_gpus": settings.replica_gpus(), "num_cpus": settings.tts_replica_cpus},
         max_ongoing_requests=settings.tts_max_ongoing_requests,

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from audio.speech import DEFAULT_VOICE, SpeechEngine, TTSConfig
-from audio.speech.reference import TTSEngine
 from audio.speech.remote import RemoteConfig, RemoteEngine
+from audio.speech.server import SpeechServer
 from tests.fakes.speech_app import local_speech_app
 from tests.fakes.tiny_parler import build_parler
 
@@ -35,9 +35,9 @@ TEXT = "Reply hazy, try again."
 FRAMES_ENV = "BENCH_REMOTE_FRAMES"  # tells the replica's engine factory the answer length
 
 
-def fixed_length_engine(config: TTSConfig) -> TTSEngine:
+def fixed_length_engine(config: TTSConfig) -> SpeechServer:
     """The engine on both sides: default chunking, exactly `BENCH_REMOTE_FRAMES` codec frames per sentence."""
-    return TTSEngine.load(config, frames_per_sentence=int(os.environ[FRAMES_ENV]))
+    return SpeechServer.load(config, frames_per_sentence=int(os.environ[FRAMES_ENV]))
 
 
 def timed(chunks: Iterator[np.ndarray]) -> tuple[float, float, np.ndarray]:

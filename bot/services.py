@@ -87,6 +87,9 @@ def tts_config(settings: Settings) -> TTSConfig:
         device=settings.tts_device,
         dtype=settings.tts_dtype,
         attn_implementation=settings.tts_attn_implementation,
+        max_batch=settings.tts_max_batch,
+        max_frames=settings.tts_max_frames,
+        quantize=settings.tts_quantize,
     )
 
 

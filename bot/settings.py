@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     tts_remote_voice: str | None = None
     tts_sample_rate: int | None = Field(None, gt=0)
     tts_remote_streams: int = Field(8, ge=1)
+    # The batched speech server: answers per batch (empty: 32 on CUDA, 8 on CPU), frames per sentence, int8 on CPU.
+    tts_max_batch: int | None = Field(None, ge=1, le=256)
+    tts_max_frames: int | None = Field(None, ge=16)
+    tts_quantize: Literal["none", "int8"] = "none"
 
     # Audio tooling
     ffmpeg_path: Path | None = None

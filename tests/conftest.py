@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ import pytest
 from audio.ffmpeg import ffmpeg_exe
 from audio.speech import TTSConfig
 from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.fakes.inference import FakeInference
 from tests.fakes.tiny_parler import build_parler
 
@@ -58,3 +59,12 @@ def tiny_tts_engine(tiny_parler_dir: Path) -> TTSEngine:
     """40 frames (0.46 s) per sentence; chunks of 9 frames first, then 22, with 8 frames of context."""
     config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     return TTSEngine.load(config, frames_per_sentence=40)
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_server(tiny_parler_dir: Path) -> Iterator[SpeechServer]:
+    """The serving engine (what `load_engine` returns) on the tiny model, with the same chunking as above."""
+    config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    server = SpeechServer.load(config, frames_per_sentence=40)
+    yield server
+    server.close()

@@ -2,8 +2,11 @@
 
 This package's top level never imports torch: the bot uses `Voice`, `TTSConfig`, the errors, the `SpeechEngine`
 protocol and the fair `SpeechScheduler` from here, and torch loads only when `load_engine` builds an engine.
-The modules read as the data flow: `voice` (what the bot knows), `scheduler` (who speaks next), `parler` (the
-model), `codec` (frames → audio), `reference` (the one-at-a-time `generate()` engine kept as the baseline).
+The modules read as the data flow: `voice` (what the bot knows), `scheduler` (who speaks next), `server` (the
+serving engine), `loop` (continuous batching over the rows of `slots`' static cache, with `rules` for Parler's
+generation semantics, `decoder` for the step and `graphs` for its CUDA graphs), `codec` (frames → audio on a
+worker thread), `parler` (loading, int8, codec plumbing), `reference` (the one-at-a-time `generate()` engine kept
+as the baseline for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ __all__ = [
 
 
 def load_engine(config: TTSConfig) -> SpeechEngine:
-    """The serving engine for `config` (loads torch and the model; blocking)."""
-    from audio.speech.reference import TTSEngine
+    """The serving engine for `config` (loads torch and the model, warms it up; blocking)."""
+    from audio.speech.server import SpeechServer
 
-    return TTSEngine.load(config)
+    return SpeechServer.load(config)

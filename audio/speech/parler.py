@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from parler_tts import ParlerTTSForConditionalGeneration
+from torch.ao.quantization import quantize_dynamic
+from torch.nn.utils import parametrize
 from transformers import AutoTokenizer, LogitsProcessor, PreTrainedTokenizerBase
 
 from audio.speech.voice import TTSConfig
@@ -77,12 +79,42 @@ def to_pcm(audio: torch.Tensor) -> np.ndarray:
 
 def decode_codes(model: ParlerTTSForConditionalGeneration, codes: torch.Tensor) -> np.ndarray:
     """Decode `(num_codebooks, frames)` codes with the model's codec."""
-    codes = codes.to(model.audio_encoder.device)[None, None]  # (chunks, batch, codebooks, frames)
+    return decode_batch(model, codes[None])[0]
+
+
+def decode_batch(model: ParlerTTSForConditionalGeneration, codes: torch.Tensor) -> list[np.ndarray]:
+    """Decode `(batch, num_codebooks, frames)` codes with the model's codec in one call: one array per item."""
+    codes = codes.to(model.audio_encoder.device)[None]  # (chunks, batch, codebooks, frames)
     if not model.use_4dim_audio_codes:
         codes = codes[0]
-    scales = {"audio_scales": [None]} if model.use_audio_scales else {}
+    scales = {"audio_scales": [None] * codes.shape[-3]} if model.use_audio_scales else {}
     with torch.inference_mode():
-        return to_pcm(model.audio_encoder.decode(audio_codes=codes, **scales).audio_values)
+        audio = model.audio_encoder.decode(audio_codes=codes, **scales).audio_values
+    return [to_pcm(item) for item in audio.reshape(codes.shape[-3], -1)]
+
+
+def fold_weight_norm(module: torch.nn.Module) -> int:
+    """Replace weight normalisation by the plain weight it computes (the DAC codec's convolutions); returns how many.
+
+    At inference the normalised weight is a constant, so computing it once at load saves a norm per convolution
+    per call.
+    """
+    folded = 0
+    for child in module.modules():
+        if parametrize.is_parametrized(child, "weight"):
+            parametrize.remove_parametrizations(child, "weight", leave_parametrized=True)
+            folded += 1
+    return folded
+
+
+def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """int8 weights on the `nn.Linear` layers of `module` (CPU): torch's dynamic quantization.
+
+    Chosen over torchao because it ships with torch (torchao is not a project dependency) and runs fbgemm's int8
+    GEMM on x86 CPUs: weights are quantized once per output channel, activations per call, so the memory-bound
+    decoder step reads a quarter of the fp32 bytes. torchao's int8 schemes target CUDA and `torch.compile`.
+    """
+    return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 @contextmanager

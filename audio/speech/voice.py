@@ -6,7 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -47,6 +47,9 @@ class TTSConfig:
     first_chunk_s: float = 0.25
     chunk_s: float = 1.0
     context_frames: int = 8
+    max_batch: int | None = None
+    max_frames: int | None = None
+    quantize: Literal["none", "int8"] = "none"
 
 
 class TTSError(Exception):

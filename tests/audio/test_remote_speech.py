@@ -39,7 +39,7 @@ def ramp(count: int, start: int = 0) -> np.ndarray:
     return ((np.arange(start, start + count) % 2000) - 1000).astype(np.float32) / 32768
 
 
-class SpeechServer:
+class FakeSpeechAPI:
     """Serves `/v1/models` and delegates `/v1/audio/speech` to `self.speech`; records each request's body and
     headers; `disconnected` is set when a client goes away mid-answer."""
 
@@ -65,7 +65,7 @@ class SpeechServer:
 
 
 @asynccontextmanager
-async def serving(server: SpeechServer) -> AsyncIterator[str]:
+async def serving(server: FakeSpeechAPI) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/v1/models", server._models)
     app.router.add_post("/v1/audio/speech", server._speech)
@@ -113,7 +113,7 @@ async def test_chunks_arrive_while_the_answer_is_still_being_generated() -> None
         await response.write_eof()
         return response
 
-    server = SpeechServer(speech)
+    server = FakeSpeechAPI(speech)
     async with serving(server) as url, engine_for(url, api_key="sesame") as engine:
         assert engine.sample_rate == 44100  # from /v1/models
         chunks = engine.stream("It is certain.", VOICE)
@@ -143,7 +143,7 @@ async def test_named_voices_and_the_rate_openai_sends() -> None:
         await response.write(pcm(ramp(480)))
         return response
 
-    server = SpeechServer(speech, models={"object": "list", "data": [{"id": "kokoro"}]})
+    server = FakeSpeechAPI(speech, models={"object": "list", "data": [{"id": "kokoro"}]})
     async with serving(server) as url, engine_for(f"{url}/v1", voice="af_bella") as engine:  # OpenAI-style base
         assert engine.sample_rate == OPENAI_SAMPLE_RATE
         audio = np.concatenate(await take(engine.stream("Yes.", VOICE)))
@@ -162,7 +162,7 @@ async def test_a_stream_at_another_rate_is_resampled() -> None:
             await response.write(pcm(part))
         return response
 
-    async with serving(SpeechServer(speech)) as url, engine_for(url, sample_rate=48000) as engine:
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url, sample_rate=48000) as engine:
         audio = np.concatenate(await take(engine.stream("Yes.", VOICE)))
     expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(audio.size) / 48000)
     assert abs(audio.size - 2 * sine.size) <= 2
@@ -186,7 +186,7 @@ async def test_cancel_closes_the_stream_while_blocked_on_a_read() -> None:
         await asyncio.Event().wait()  # generating forever, until the client goes away
         return response
 
-    server = SpeechServer(speech)
+    server = FakeSpeechAPI(speech)
     async with serving(server) as url, engine_for(url) as engine:
         cancel = threading.Event()
         chunks = engine.stream("Ask again later.", VOICE, cancel)
@@ -210,7 +210,7 @@ async def test_error_statuses_become_sentences(status: int, body: dict, sentence
     async def speech(request: web.Request) -> web.StreamResponse:
         return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
-    async with serving(SpeechServer(speech)) as url, engine_for(url) as engine:
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url) as engine:
         with pytest.raises(TTSError, match=re.escape(sentence)):
             await take(engine.stream("Yes.", VOICE))
 
@@ -223,7 +223,7 @@ async def test_a_stream_cut_mid_answer_is_an_error() -> None:
         request.transport.close()  # no terminating chunk: the server died mid-answer
         return response
 
-    async with serving(SpeechServer(speech)) as url, engine_for(url) as engine:
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url) as engine:
         chunks = engine.stream("Yes.", VOICE)
         with pytest.raises(TTSError, match="stopped in the middle of an answer"):
             await take(chunks)
@@ -236,7 +236,7 @@ async def test_silence_for_the_timeout_is_an_error() -> None:
         await asyncio.Event().wait()
         return response
 
-    async with serving(SpeechServer(speech)) as url, engine_for(url, timeout=0.3) as engine:
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url, timeout=0.3) as engine:
         chunks = engine.stream("Yes.", VOICE)
         await take(chunks, 1)
         with pytest.raises(TTSError, match=r"sent nothing for 0\.3 seconds"):

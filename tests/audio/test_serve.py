@@ -19,10 +19,10 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from audio.serve import SpeechServer
+from audio.serve import SpeechDeployment
 from audio.speech import TTSConfig, TTSError, Voice, synthesize
-from audio.speech.reference import TTSEngine
 from audio.speech.remote import RemoteConfig, RemoteEngine
+from audio.speech.server import SpeechServer
 from tests.bot.doubles import SineEngine, until
 from tests.e2e.harness import load_voiced_engine
 from tests.fakes.speech_app import FRAMES_PER_SENTENCE, local_speech_app
@@ -34,14 +34,16 @@ SENTENCE_S = FRAMES_PER_SENTENCE * 512 / 44100
 
 
 @pytest.fixture(scope="module")
-def local_engine(tmp_path_factory: pytest.TempPathFactory) -> TTSEngine:
+def local_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpeechServer]:
     """The in-process engine on the tiny checkpoint with an audible codec (loud enough that 16-bit PCM keeps
     about 95 dB of SNR: the plain tiny model's output sits near -40 dBFS, where quantisation alone gives 63 dB)."""
-    return load_voiced_engine(tmp_path_factory.mktemp("served-parler"))
+    engine = load_voiced_engine(tmp_path_factory.mktemp("served-parler"))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
-def model(local_engine: TTSEngine) -> str:
+def model(local_engine: SpeechServer) -> str:
     return local_engine.config.model
 
 
@@ -102,8 +104,8 @@ def post(body: dict[str, Any]) -> Request:
     return Request(scope, receive)
 
 
-def sine_server(engine: SineEngine, queue_size: int = 16) -> SpeechServer:
-    return SpeechServer(TTSConfig(model="sine"), queue_size=queue_size, engine_factory=lambda _: engine)
+def sine_server(engine: SineEngine, queue_size: int = 16) -> SpeechDeployment:
+    return SpeechDeployment(TTSConfig(model="sine"), queue_size=queue_size, engine_factory=lambda _: engine)
 
 
 SPEECH = {"model": "sine", "input": "Outlook good.", "voice": "A calm voice.", "response_format": "pcm"}
@@ -162,7 +164,7 @@ def test_models_health_and_keys(app_url: str, model: str) -> None:
         assert (status, answer["error"]["type"]) == (400, "invalid_request_error"), change
 
 
-def test_the_audio_equals_the_in_process_engine(remote: RemoteEngine, local_engine: TTSEngine) -> None:
+def test_the_audio_equals_the_in_process_engine(remote: RemoteEngine, local_engine: SpeechServer) -> None:
     text, voice = "Most likely. Outlook good.", Voice("A male speaker with a deep voice.", seed=5)
     chunks = list(remote.stream(text, voice))
     expected = synthesize(local_engine, text, voice)
@@ -172,7 +174,7 @@ def test_the_audio_equals_the_in_process_engine(remote: RemoteEngine, local_engi
     assert (snr := snr_db(expected, received)) >= 60, snr
 
 
-def test_two_concurrent_requests_both_stream(remote: RemoteEngine, local_engine: TTSEngine) -> None:
+def test_two_concurrent_requests_both_stream(remote: RemoteEngine, local_engine: SpeechServer) -> None:
     requests = [("It is certain.", Voice("A calm voice.", seed=1)), ("Very doubtful.", Voice("A calm voice.", 2))]
     both_sent = threading.Barrier(2, timeout=60)
 

@@ -14,7 +14,7 @@ import pytest
 from audio.errors import UserFacingError
 from audio.oracle import CLASSIC_ANSWERS, Oracle
 from audio.speech import TTSConfig, Voice
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from bot.__main__ import main, write_wav
 from bot.settings import Settings
 from tests.bot.helpers import ROOT, SECRET, run_cli
@@ -145,13 +145,13 @@ async def test_token_refused_by_discord_is_one_sentence(
 
 
 async def test_ask_speak_writes_the_spoken_answer(
-    tiny_tts_engine: TTSEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tiny_speech_server: SpeechServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     loaded: list[TTSConfig] = []
 
-    def load(config: TTSConfig) -> TTSEngine:  # the real checkpoint can't be downloaded here
+    def load(config: TTSConfig) -> SpeechServer:  # the real checkpoint can't be downloaded here
         loaded.append(config)
-        return tiny_tts_engine
+        return tiny_speech_server
 
     monkeypatch.setattr("audio.speech.load_engine", load)
     monkeypatch.setenv("TTS_MODEL", "parler-tts/parler-tts-mini-v1")
@@ -165,9 +165,9 @@ async def test_ask_speak_writes_the_spoken_answer(
     assert (loaded[0].model, loaded[0].device) == ("parler-tts/parler-tts-mini-v1", "cpu")
     with wave.open(str(out)) as wav:
         frames = wav.readframes(wav.getnframes())
-        assert wav.getframerate() == tiny_tts_engine.sample_rate
+        assert wav.getframerate() == tiny_speech_server.sample_rate
     spoken = np.frombuffer(frames, "<i2") / 32767
-    expected = tiny_tts_engine.synthesize(answer, Voice(Settings().tts_voice_description, 42))
+    expected = tiny_speech_server.synthesize(answer, Voice(Settings().tts_voice_description, 42))
     assert spoken.size == expected.size > 0
     assert np.allclose(spoken, expected, atol=2e-4)  # the same voice and seed: the same audio
 

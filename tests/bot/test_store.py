@@ -77,7 +77,6 @@ def test_presets_cover_the_named_speakers() -> None:
     assert len(search_presets("")) == 25
 
 
-
 async def test_a_corrupt_sqlite_file_is_one_sentence_naming_database_url(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
     path.write_bytes(b"this is not a database, just some bytes" * 100)

@@ -21,7 +21,7 @@ import numpy as np
 
 from audio.source import FRAME_SECONDS, StreamingSource
 from audio.speech import TTSConfig
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from bot.client import MagicBot
 from bot.services import build_oracle
 from bot.settings import Settings
@@ -37,10 +37,10 @@ FRAMES_PER_SENTENCE = 40  # 0.46 s of audio per sentence
 MIN_CORRELATION = 0.9
 
 
-def load_voiced_engine(path: Path) -> TTSEngine:
+def load_voiced_engine(path: Path) -> SpeechServer:
     """The voiced checkpoint through the bot's loading code: 40 frames per sentence, chunks of 9 then 22."""
     config = TTSConfig(model=str(build_voiced_parler(path)), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
-    return TTSEngine.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
+    return SpeechServer.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
 
 
 @dataclass(eq=False)
@@ -101,7 +101,7 @@ def e2e_settings(tmp_path: Path, fake: FakeInference, **overrides: Any) -> Setti
 
 @asynccontextmanager
 async def serving(
-    scene: Scene, tmp_path: Path, fake: FakeInference, engine: TTSEngine, **overrides: Any
+    scene: Scene, tmp_path: Path, fake: FakeInference, engine: SpeechServer, **overrides: Any
 ) -> AsyncIterator[tuple[MagicBot, SourceSpy]]:
     """The bot with the real TTS engine and the fake Inference API, and a spy on its voice sources."""
     settings = e2e_settings(tmp_path, fake, **overrides)

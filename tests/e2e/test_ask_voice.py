@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audio.speech import Voice
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.bot.helpers import Scene, answered, fields, final_embed, join
 from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, assert_played_whole, serving
 from tests.fakes.inference import FakeInference
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def test_ask_in_voice_speaks_the_synthesised_answer(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
         await join(scene)

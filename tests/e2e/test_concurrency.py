@@ -9,7 +9,7 @@ from typing import Any
 import discord
 import pytest
 
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.bot.helpers import Scene, answered, final_embed, join
 from tests.e2e.harness import assert_played_whole, build_scene, heard, serving
 from tests.fakes.inference import FakeInference
@@ -34,7 +34,7 @@ async def test_simultaneous_questions_in_two_guilds_are_all_spoken_in_turn(
     scene: Scene,
     tmp_path: Path,
     fake_inference: FakeInference,
-    voiced_engine: TTSEngine,
+    voiced_engine: SpeechServer,
     ffmpeg: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from audio.inference import ModelBusy, ProviderError
 from audio.source import FRAME_SECONDS
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from tests.bot.doubles import until
 from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join
 from tests.e2e.harness import SourceSpy, assert_played_whole, heard, serving
@@ -24,7 +24,7 @@ LONG_ANSWER = (
 )
 
 
-async def assert_still_speaking(scene: Scene, spy: SourceSpy, engine: TTSEngine, ffmpeg: str) -> None:
+async def assert_still_speaking(scene: Scene, spy: SourceSpy, engine: SpeechServer, ffmpeg: str) -> None:
     """A new question is answered and spoken whole on the current voice connection."""
     voice = scene.emu.voice(scene.guild.id)
     start, sources = len(voice.packets), len(spy.spoken)
@@ -38,7 +38,7 @@ async def assert_still_speaking(scene: Scene, spy: SourceSpy, engine: TTSEngine,
 
 
 async def test_voice_session_lost_mid_answer_is_finished_or_explained(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     fake_inference.chat_reply = LONG_ANSWER
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
@@ -85,7 +85,7 @@ async def test_gateway_resume_keeps_speaking(
     scene: Scene,
     tmp_path: Path,
     fake_inference: FakeInference,
-    voiced_engine: TTSEngine,
+    voiced_engine: SpeechServer,
     ffmpeg: str,
     fault: Callable[[DiscordEmulator], Awaitable[None]],
     resumes: int,
@@ -101,7 +101,7 @@ async def test_gateway_resume_keeps_speaking(
 
 
 async def test_new_gateway_session_rejoins_voice_and_keeps_speaking(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     gateway = scene.emu.gateway
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (_, spy):
@@ -118,7 +118,7 @@ async def test_new_gateway_session_rejoins_voice_and_keeps_speaking(
 
 
 async def test_inference_errors_are_retried_or_explained(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, voiced_engine, inference_retries=1) as (_, spy):
         await join(scene)
@@ -135,7 +135,7 @@ async def test_inference_errors_are_retried_or_explained(
 
 
 async def test_rate_limited_rest_calls_are_retried(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     emu = scene.emu
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (_, spy):

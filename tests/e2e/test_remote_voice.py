@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from audio.speech import Voice, synthesize
-from audio.speech.reference import TTSEngine
 from audio.speech.remote import RemoteEngine
+from audio.speech.server import SpeechServer
 from bot.client import SpeechStatus
 from tests.bot.doubles import until
 from tests.bot.helpers import Scene, answered, join
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def speech_app(voiced_engine: TTSEngine) -> Iterator[str]:
+def speech_app(voiced_engine: SpeechServer) -> Iterator[str]:
     """The Ray Serve app running the voiced tiny checkpoint, with the engine settings of `voiced_engine`."""
     with local_speech_app(Path(voiced_engine.config.model), api_key="e2e-key") as url:
         yield url
@@ -32,7 +32,7 @@ async def test_ask_in_voice_through_the_speech_server(
     scene: Scene,
     tmp_path: Path,
     fake_inference: FakeInference,
-    voiced_engine: TTSEngine,
+    voiced_engine: SpeechServer,
     speech_app: str,
     ffmpeg: str,
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from audio.source import FRAME_SECONDS
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from bot.playback import GuildPlayer
 from tests.bot.helpers import Scene, answered, final_embed, join
 from tests.e2e.harness import assert_played_whole, heard, serving
@@ -41,7 +41,7 @@ async def test_stop_mid_answer_silences_within_100_ms_and_the_next_answer_plays(
     scene: Scene,
     tmp_path: Path,
     fake_inference: FakeInference,
-    voiced_engine: TTSEngine,
+    voiced_engine: SpeechServer,
     ffmpeg: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from audio.speech import Voice
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 from audio.voice_message import waveform
 from tests.audio.helpers import decode
 from tests.bot.helpers import Scene, fields, spoken_question
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def test_voice_message_in_a_listening_channel_gets_a_voice_reply(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: TTSEngine, ffmpeg: str
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, _):
         enable = await scene.command("channels enable", user=scene.mod)

@@ -26,9 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @asynccontextmanager
-async def spawn(
-    emu: DiscordEmulator, tmp_path: Path, env: dict[str, str]
-) -> AsyncIterator[asyncio.subprocess.Process]:
+async def spawn(emu: DiscordEmulator, tmp_path: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     """Start the bot process for `emu` with `env` on top of test settings (text-only answers, no cooldown, a
     SQLite file in `tmp_path`); its stderr is piped; killed if still running."""
     ca = tmp_path / "emulator-ca.pem"

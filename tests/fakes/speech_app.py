@@ -1,5 +1,5 @@
 """The real Ray Serve speech app (`audio.serve`) on this machine, for tests and benchmarks: a small local Ray,
-Serve on a free loopback port, one CPU replica running a tiny checkpoint like the `tiny_tts_engine` fixture."""
+Serve on a free loopback port, one CPU replica serving a tiny checkpoint like the `tiny_speech_server` fixture."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from audio.speech import SpeechEngine, TTSConfig
-from audio.speech.reference import TTSEngine
+from audio.speech.server import SpeechServer
 
 FRAMES_PER_SENTENCE = 40  # 0.46 s of audio per sentence, as in the tiny fixtures
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_engine(config: TTSConfig) -> TTSEngine:
+def tiny_engine(config: TTSConfig) -> SpeechServer:
     """The replica's engine: the tests' chunking (9 frames first, then 22, 8 of context) and exact lengths."""
     tiny = replace(config, first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
-    return TTSEngine.load(tiny, frames_per_sentence=FRAMES_PER_SENTENCE)
+    return SpeechServer.load(tiny, frames_per_sentence=FRAMES_PER_SENTENCE)
 
 
 def free_port() -> int:
