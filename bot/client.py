@@ -123,7 +123,8 @@ class MagicBot(commands.AutoShardedBot):
         self.sample_rate = 0
         self.speech_status = SpeechStatus.DISABLED
         self.ffmpeg = ""
-        self._engine = tts
+        self._engine = tts  # an engine passed in belongs to the caller; one the bot builds is closed with it
+        self._built_engine: SpeechEngine | None = None
         self._tts_loader: asyncio.Task[None] | None = None
         self.monitoring = MonitoringServer(self)
         # Graceful shutdown (bot.shutdown): no new questions once closing; those in flight are tracked.
@@ -159,6 +160,7 @@ class MagicBot(commands.AutoShardedBot):
             log.exception("Loading the speech engine failed; answers stay text only")
             self.speech_status = SpeechStatus.FAILED
         else:
+            self._built_engine = engine
             self._use_engine(engine)
 
     def _use_engine(self, engine: SpeechEngine) -> None:
@@ -193,7 +195,7 @@ class MagicBot(commands.AutoShardedBot):
         await super().close()  # unloads the cogs, which stop their players
         if self.speech is not None:
             await self.speech.close()
-        if (close_engine := getattr(self._engine, "close", None)) is not None:  # a remote engine's HTTP session
+        if (close_engine := getattr(self._built_engine, "close", None)) is not None:  # threads, HTTP sessions
             await asyncio.to_thread(close_engine)
         await self.store.close()
         await self.monitoring.stop()

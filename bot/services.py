@@ -10,12 +10,12 @@ from audio.ffmpeg import ffmpeg_exe
 from audio.formats import AudioLimits
 from audio.inference import RetryPolicy, is_hf_host
 from audio.oracle import Oracle, OracleConfig
+from audio.speech import SpeechEngine, TTSConfig, load_engine
+from audio.speech.remote import RemoteConfig, RemoteEngine
 from bot.settings import Settings
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
-
-    from audio.speech import SpeechEngine, TTSConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ def build_transcriber(settings: Settings) -> Transcriber:
 
 
 def tts_config(settings: Settings) -> TTSConfig:
-    """The Parler-TTS engine configuration (imported lazily: text-only paths never load torch)."""
-    from audio.speech import TTSConfig
-
+    """The Parler-TTS engine configuration."""
     return TTSConfig(
         model=settings.tts_model,
         device=settings.tts_device,
@@ -96,11 +94,7 @@ def tts_config(settings: Settings) -> TTSConfig:
 def build_speech_engine(settings: Settings) -> SpeechEngine:
     """The remote engine when `TTS_BASE_URL` is set, else the in-process model. Blocking; raises on failure."""
     if settings.tts_base_url is None:
-        from audio.speech import load_engine
-
         return load_engine(tts_config(settings))
-    from audio.speech.remote import RemoteConfig, RemoteEngine
-
     engine = RemoteEngine.connect(
         RemoteConfig(
             base_url=settings.tts_base_url,

@@ -43,6 +43,10 @@ class SineEngine:
         self.chunk_seconds = chunk_seconds
         self.fail_at = fail_at or {}
         self.spoken: list[tuple[str, Voice]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
         self.spoken.append((text, voice))

@@ -196,7 +196,7 @@ async def test_voice_warms_up_in_the_background(scene: Scene, tmp_path: Path, mo
         assert loaded.wait(30)
         return engine
 
-    monkeypatch.setattr("audio.speech.load_engine", slow_load)
+    monkeypatch.setattr("bot.services.load_engine", slow_load)
     async with running_bot(scene.emu, make_settings(tmp_path, tts_enabled=True)) as bot:
         record = await scene.ask("Are you awake?")
         await record.wait_for(answered, 30)

@@ -153,7 +153,7 @@ async def test_ask_speak_writes_the_spoken_answer(
         loaded.append(config)
         return tiny_speech_server
 
-    monkeypatch.setattr("audio.speech.load_engine", load)
+    monkeypatch.setattr("bot.services.load_engine", load)
     monkeypatch.setenv("TTS_MODEL", "parler-tts/parler-tts-mini-v1")
     monkeypatch.setenv("TTS_DEVICE", "cpu")
     out = tmp_path / "answer.wav"

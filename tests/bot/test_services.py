@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.client import SpeechStatus
 from bot.services import build_oracle, build_transcriber, server_token
+from tests.bot.doubles import SineEngine, until
 from tests.bot.helpers import Scene, answered, make_settings, running_bot, spoken_question
 from tests.fakes.inference import FakeInference
 
@@ -75,3 +77,17 @@ async def test_no_repr_or_log_line_of_a_configured_bot_holds_a_secret(
     logged = [record.getMessage() for record in caplog.records] + [caplog.text]
     for text in reprs + logged:
         assert not [secret for secret in SECRETS if secret in text], text
+
+
+async def test_the_bot_closes_the_engine_it_built_and_leaves_a_given_one_open(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built, given = SineEngine(), SineEngine()
+    monkeypatch.setattr("bot.client.build_speech_engine", lambda settings: built)
+    async with running_bot(scene.emu, make_settings(tmp_path, tts_enabled=True)) as bot:
+        await until(lambda: bot.speech_status is SpeechStatus.READY, 30)
+        assert not built.closed
+    assert built.closed
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=given):
+        pass
+    assert not given.closed  # a caller's engine (shared by tests, the CLI) outlives the bot
