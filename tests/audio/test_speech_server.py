@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,12 +18,12 @@ import torch
 from parler_tts import ParlerTTSForConditionalGeneration
 from transformers import AutoTokenizer
 
-from audio.speech import JENNY_DESCRIPTION, TTSConfig, TTSError, Voice
+from audio.speech import JENNY_DESCRIPTION, SpeechScheduler, TTSConfig, TTSError, Voice
 from audio.speech.codec import Block, CodecWorker
 from audio.speech.parler import decode_codes, fold_weight_norm
 from audio.speech.reference import TTSEngine
 from audio.speech.server import SpeechServer
-from tests.audio.test_tts import HOP, snr_db
+from tests.audio.test_tts import HOP, drain, snr_db
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -241,6 +243,43 @@ def test_cancelling_3_of_8_keeps_the_others_and_frees_their_rows(
         assert run.result().error is None
         assert torch.equal(frames(run), codes)
     assert greedy.loop.active <= greedy.max_streams
+
+
+async def test_a_guild_with_10_queued_answers_holds_at_most_its_slots_while_another_waits(
+    greedy: SpeechServer,
+) -> None:
+    holding: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    started: list[str] = []
+    lock = threading.Lock()
+
+    class Counted:
+        """The server as the scheduler sees it, counting each guild's answers that hold a row."""
+
+        sample_rate, max_streams = greedy.sample_rate, greedy.max_streams
+
+        def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
+            guild = text.split()[0]
+            with lock:
+                holding[guild] += 1
+                most[guild] = max(most[guild], holding[guild])
+                started.append(guild)
+            try:
+                yield from greedy.stream(text, voice, cancel)
+            finally:
+                with lock:
+                    holding[guild] -= 1
+
+    scheduler = SpeechScheduler(Counted(), queue_size=16, queue_per_key=10, slots_per_key=2)
+    try:
+        busy = [scheduler.stream("busy", f"Busy answer {i}.", VOICES[0]) for i in range(10)]
+        other = scheduler.stream("other", "Other answer.", VOICES[1])
+        heard = await asyncio.wait_for(asyncio.gather(*(drain(s) for s in [*busy, other])), WAIT)
+    finally:
+        await scheduler.close()
+    assert all(sum(len(c) for c in chunks) == FRAMES * HOP for chunks in heard)  # every answer spoken whole
+    assert most == {"Busy": 2, "Other": 1}  # 8 rows free, yet the busy guild never held more than its 2
+    assert started.index("Other") < 3  # the other guild did not wait behind the busy guild's queue
 
 
 def test_a_failing_request_ends_alone(greedy: SpeechServer, pool: ThreadPoolExecutor) -> None:
