@@ -190,7 +190,7 @@ def main() -> None:
     for n, run in runs.items():
         ttfa = p95(run.ttfa_s)
         print(f"{n:>3} answers: wall {run.wall_s:6.2f} s, p95 ttfa {ttfa:5.2f} s, codec {run.codec_s:5.2f} s")
-    step_times = step_ms(server, streams, prompt_tokens, frames)
+    step_times = step_ms(server, sorted({1, *streams}), prompt_tokens, frames)
     print(f"step ms: {step_times}")
 
     def throughput(run: Batch, n: int) -> float:

@@ -268,8 +268,12 @@ class DecodingLoop:
     def _send(self, row: _Row, block: Any) -> None:
         if block is not None:
             request = row.request
-            skip = request.cancel.is_set
-            self.codec.submit(block, request.sink, lambda: setattr(request, "failed", True), skip)
+            self.codec.submit(
+                block,
+                request.sink,
+                lambda: setattr(request, "failed", True),
+                lambda: request.failed or request.cancel.is_set(),  # nobody hears a failed or cancelled answer
+            )
 
     def _next_sentence(self, index: int) -> None:
         """Close the row's sentence; prefill the next one, or end the request."""

@@ -19,7 +19,7 @@ from parler_tts import ParlerTTSForConditionalGeneration
 from transformers import AutoTokenizer
 
 from audio.speech import JENNY_DESCRIPTION, SpeechScheduler, TTSConfig, TTSError, Voice
-from audio.speech.codec import Block, CodecWorker
+from audio.speech.codec import Block, CodecWorker, FrameBlocks, chunk_frames
 from audio.speech.parler import decode_codes, fold_weight_norm
 from audio.speech.reference import TTSEngine
 from audio.speech.server import SpeechServer
@@ -402,6 +402,32 @@ def test_codec_failure_ends_the_requests_concerned() -> None:
     worker.close()
     assert aborted.is_set()
     assert isinstance(received[0], RuntimeError)
+
+
+def test_a_codec_failure_ends_its_answer_and_nothing_more_is_decoded_for_it(tiny_parler_dir: Path) -> None:
+    calls: list[int] = []
+
+    def decode(codes: torch.Tensor) -> list[np.ndarray]:
+        calls.append(codes.shape[0])
+        if len(calls) == 2:
+            raise RuntimeError("codec broke")
+        return silent_decode(codes)
+
+    server = make_server(tiny_parler_dir, sample=False, decode=decode)
+    try:
+        chunks = []
+        with pytest.raises(TTSError, match="codec broke"):
+            for chunk in server.stream(" ".join(SENTENCES), VOICES[0]):
+                chunks.append(chunk)
+        assert len(chunks) == 1
+        assert server.synthesize(SENTENCES[0], VOICES[1]).size == FRAMES * HOP  # the server goes on
+        assert server.loop.active == 0
+    finally:
+        server.close()
+    # Two calls for the failed answer (its later blocks were dropped, not decoded), then the other answer's blocks.
+    blocks = FrameBlocks(8, chunk_frames(0.1, 0.25, 44100 / 512))
+    sizes = [b for b in (*(blocks.add(torch.zeros(9)) for _ in range(FRAMES)), blocks.flush()) if b is not None]
+    assert len(calls) == 2 + len(sizes)
 
 
 def test_codec_weight_norm_folds_into_plain_convolutions(tiny_parler_dir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from audio.asr import Transcriber
-from audio.oracle import Oracle, OracleConfig
+from audio.oracle import CLASSIC_ANSWERS, Oracle, OracleConfig
 from audio.speech import SpeechEngine
 from bot.client import MagicBot, build_bot
 from bot.settings import Settings
@@ -120,6 +120,15 @@ def final_embed(record: InteractionRecord) -> dict:
 
 def fields(embed: dict) -> dict[str, str]:
     return {f["name"]: f["value"] for f in embed["fields"]}
+
+
+def assert_answered_in_text_only(scene: Scene, record: InteractionRecord) -> None:
+    """The answer came (one of the classic answers, with the oracle offline) with the voice's failure note, and
+    no voice message was posted instead."""
+    embed = final_embed(record)
+    assert embed["footer"]["text"] == "🔇 The voice faltered, so this answer is text only."
+    assert fields(embed)["🎱 The ball says"] in CLASSIC_ANSWERS
+    assert not scene.bot_messages()
 
 
 async def ephemeral_reply(record: InteractionRecord) -> str:
