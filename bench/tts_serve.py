@@ -34,7 +34,7 @@ import torch
 
 from audio.speech import DEFAULT_VOICE, TTSConfig, Voice
 from audio.speech.decoder import ParlerDecoder
-from audio.speech.parler import decode_batch, fold_weight_norm, quantize_int8
+from audio.speech.parler import decode_batch, fold_weight_norm, narrow_linears, quantize_int8
 from audio.speech.reference import TTSEngine
 from audio.speech.server import DESCRIPTION_TOKENS, PROMPT_TOKENS, SpeechServer
 from audio.speech.slots import bucket, length_buckets
@@ -164,6 +164,8 @@ def main() -> None:
         print(f"built and loaded {args.arch} in {time.perf_counter() - started:.1f} s on {probe.device}")
     device = probe.device
     fold_weight_norm(probe.model.audio_encoder)  # both engines use the folded codec
+    if device.type == "cpu":
+        narrow_linears(probe.model.decoder)  # as `SpeechServer.load` does (generate()'s batch-1 steps are unchanged)
     frames = round(args.seconds * probe.frame_rate)
     steps = frames + probe.model.decoder.config.num_codebooks - 1
     audio_s = frames / probe.frame_rate
