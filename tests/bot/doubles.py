@@ -25,7 +25,7 @@ class SineEngine:
     """A `SpeechEngine` that says every text as a 440 Hz tone, `seconds_per_char` long per character.
 
     A text listed in `fail_at` (or any text, with the key "*") raises after that many chunks (0: before any
-    audio).
+    audio). With `hold`, every answer waits for that event before its first chunk.
     """
 
     max_streams = 1
@@ -37,11 +37,13 @@ class SineEngine:
         seconds_per_char: float = 0.01,
         chunk_seconds: float = 0.25,
         fail_at: dict[str, int] | None = None,
+        hold: threading.Event | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self.seconds_per_char = seconds_per_char
         self.chunk_seconds = chunk_seconds
         self.fail_at = fail_at or {}
+        self.hold = hold
         self.spoken: list[tuple[str, Voice]] = []
         self.closed = False
 
@@ -50,6 +52,8 @@ class SineEngine:
 
     def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
         self.spoken.append((text, voice))
+        if self.hold is not None and not self.hold.wait(30):
+            raise RuntimeError("the test never released the held answer")
         total = max(1, round(len(text) * self.seconds_per_char * self.sample_rate))
         step = round(self.chunk_seconds * self.sample_rate)
         for index, start in enumerate(range(0, total, step)):

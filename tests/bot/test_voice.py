@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import discord
@@ -10,6 +11,7 @@ import pytest
 
 from tests.bot.doubles import SineEngine, until
 from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join, make_settings, running_bot
+from tests.emulator.records import InteractionRecord
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,17 +32,25 @@ async def test_join_explains_what_is_missing(scene: Scene, tmp_path: Path) -> No
         assert not scene.emu.voice_requests
 
 
+def progress(record: InteractionRecord) -> list[str | None]:
+    """The progress lines the interaction's response showed."""
+    return [e.body.get("content") for e in record.edits]
+
+
 async def test_answers_are_spoken_in_turn_in_the_voice_channel(scene: Scene, tmp_path: Path) -> None:
-    engine = SineEngine(seconds_per_char=0.03)
+    hold = threading.Event()  # the first answer stays in the player until the second has queued behind it
+    engine = SineEngine(seconds_per_char=0.03, hold=hold)
     async with running_bot(scene.emu, make_settings(tmp_path), tts=engine):
         await join(scene)
-        first, second = await scene.ask("First?"), await scene.ask("Second?", user=scene.mod)
+        first = await scene.ask("First?")
+        await until(lambda: "🗣️ Speaking…" in progress(first), 60)
+        second = await scene.ask("Second?", user=scene.mod)
+        await until(lambda: "⏳ Waiting to speak (1 ahead)…" in progress(second), 60)
+        hold.set()
         await first.wait_for(answered, 60)
         await second.wait_for(answered, 60)
         utterances = await scene.emu.voice(scene.guild.id).wait_for_utterances(2, 60)
 
-        assert "🗣️ Speaking…" in [e.body.get("content") for e in first.edits]
-        assert "⏳ Waiting to speak (1 ahead)…" in [e.body.get("content") for e in second.edits]
         assert utterances[1].started_at >= utterances[0].ended_at  # never talking over itself
         for record, utterance in zip((first, second), utterances, strict=True):
             assert "footer" not in final_embed(record)
