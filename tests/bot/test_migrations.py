@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table, insert, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.migrations import head
 from bot.settings import Settings
@@ -23,34 +25,38 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
-    store = GuildStore(database_url)
-    await store.open()
-    await store.close()
-    engine = create_async_engine(database_url)
+@asynccontextmanager
+async def raw_database(url: str, *, migrated: bool = False) -> AsyncIterator[AsyncEngine]:
+    """A plain SQLAlchemy engine on `url`, after the store has migrated the database when `migrated`."""
+    if migrated:
+        store = GuildStore(url)
+        await store.open()
+        await store.close()
+    engine = create_async_engine(url)
     try:
-        async with engine.connect() as connection:
-            differences = await connection.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), _Base.metadata)
-            )
+        yield engine
     finally:
         await engine.dispose()
+
+
+async def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
+    async with raw_database(database_url, migrated=True) as engine, engine.connect() as connection:
+        differences = await connection.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), _Base.metadata)
+        )
     assert differences == []
 
 
 async def test_a_released_database_is_stamped_and_upgraded_without_losing_a_row(database_url: str) -> None:
-    engine = create_async_engine(database_url)  # what the released bot did: create_all, then settings
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_Base.metadata.create_all)
-            await connection.execute(
-                insert(GuildSettings), [{"guild_id": 1, "voice_preset": "Laura"}, {"guild_id": 2, "voice_preset": None}]
-            )
-            await connection.execute(
-                insert(ListeningChannel), [{"channel_id": 10, "guild_id": 1}, {"channel_id": 20, "guild_id": 2}]
-            )
-    finally:
-        await engine.dispose()
+    # What the released bot did: create_all, then settings.
+    async with raw_database(database_url) as engine, engine.begin() as connection:
+        await connection.run_sync(_Base.metadata.create_all)
+        await connection.execute(
+            insert(GuildSettings), [{"guild_id": 1, "voice_preset": "Laura"}, {"guild_id": 2, "voice_preset": None}]
+        )
+        await connection.execute(
+            insert(ListeningChannel), [{"channel_id": 10, "guild_id": 1}, {"channel_id": 20, "guild_id": 2}]
+        )
     store = GuildStore(database_url)
     await store.connect()
     assert await store.revision() is None
@@ -70,10 +76,9 @@ async def test_a_released_database_is_stamped_and_upgraded_without_losing_a_row(
 
 async def test_foreign_tables_of_the_same_names_are_left_alone(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    engine = create_async_engine(url)
     other = MetaData()
     Table("guild_settings", other, Column("id", Integer, primary_key=True), Column("colour", Integer))
-    try:
+    async with raw_database(url) as engine:
         async with engine.begin() as connection:
             await connection.run_sync(other.create_all)
             await connection.execute(text("INSERT INTO guild_settings (id, colour) VALUES (1, 7)"))
@@ -83,21 +88,12 @@ async def test_foreign_tables_of_the_same_names_are_left_alone(tmp_path: Path) -
             assert (await connection.execute(text("SELECT id, colour FROM guild_settings"))).all() == [(1, 7)]
             tables = await connection.run_sync(lambda sync: sync.dialect.get_table_names(sync))
             assert sorted(tables) == ["guild_settings"]
-    finally:
-        await engine.dispose()
 
 
 async def test_a_revision_from_a_newer_bot_is_one_sentence(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    store = GuildStore(url)
-    await store.open()
-    await store.close()
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
-    finally:
-        await engine.dispose()
+    async with raw_database(url, migrated=True) as engine, engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
     with pytest.raises(DatabaseUnavailable, match="at revision f00d, which this version of the bot doesn't know"):
         await GuildStore(url).open()
 
