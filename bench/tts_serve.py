@@ -10,9 +10,12 @@ audio codes so every answer is exactly `--seconds` long; one sentence per answer
   share of the server's wall time spent in the codec. The same with int8 decoder weights on CPU.
 - `ttfa_ratio_concurrent`: p95 time to first audio of 4 answers submitted at once, reference ÷ server (the
   reference's k-th answer starts after k-1 whole answers).
-- `solo_speedup`: decoder steps per second of the server at batch 1 ÷ `generate()` at batch 1.
-- `int8_speedup`: decoder step time fp32 ÷ int8 at batch 1 (CPU), with the cosine similarity and top-1
-  agreement of their logits over 200 steps, teacher-forced on the fp32 greedy ids.
+- `solo_speedup`: decoder steps per second of the server at batch 1 ÷ `generate()` at batch 1 (on CPU the server
+  runs the decoder's linear layers on oneDNN-packed weights as `SpeechServer.load` does; `generate()` runs the
+  model as `from_pretrained` gives it).
+- `int8_speedup`: decoder step time fp32 (`nn.Linear`, as loaded: `step_ms_plain_1`) ÷ int8 at batch 1 (CPU);
+  `int8_speedup_vs_packed`: the server's fp32 step (oneDNN-packed weights, `PackedLinear`) ÷ int8; with the
+  cosine similarity and top-1 agreement of their logits over 200 steps, teacher-forced on the fp32 greedy ids.
 - `step_ms`: one decoder step per batch size; `rtf`: wall ÷ audio seconds per answer, per stream count.
 
     python -m bench.tts_serve --arch tiny --streams 1,2,4,8 --seconds 2 --json
@@ -24,7 +27,9 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,14 @@ import torch
 
 from audio.speech import DEFAULT_VOICE, TTSConfig, Voice
 from audio.speech.decoder import ParlerDecoder
-from audio.speech.parler import decode_batch, fold_weight_norm, narrow_linears, quantize_int8
+from audio.speech.parler import (
+    can_pack,
+    decode_batch,
+    fold_weight_norm,
+    pack_linears,
+    quantize_int8,
+    unpack_linears,
+)
 from audio.speech.reference import TTSEngine
 from audio.speech.server import DESCRIPTION_TOKENS, PROMPT_TOKENS, SpeechServer
 from audio.speech.slots import bucket, length_buckets
@@ -91,6 +103,17 @@ def generate_step_rate(engine: TTSEngine, timer: DecodeTimer, steps: int) -> tup
     start = time.perf_counter()
     ttfa, _ = _collect(engine.stream(TEXT, DEFAULT_VOICE), start)
     return steps / decoder_s, time.perf_counter() - start, ttfa
+
+
+@contextmanager
+def as_loaded(decoder: torch.nn.Module, packed: bool) -> Iterator[None]:
+    """The decoder's linear layers as `from_pretrained` gives them, for the reference engine's `generate()`."""
+    unpack_linears(decoder)
+    try:
+        yield
+    finally:
+        if packed:
+            pack_linears(decoder)
 
 
 def synchronize(device: torch.device) -> None:
@@ -164,8 +187,9 @@ def main() -> None:
         print(f"built and loaded {args.arch} in {time.perf_counter() - started:.1f} s on {probe.device}")
     device = probe.device
     fold_weight_norm(probe.model.audio_encoder)  # both engines use the folded codec
-    if device.type == "cpu":
-        narrow_linears(probe.model.decoder)  # as `SpeechServer.load` does (generate()'s batch-1 steps are unchanged)
+    packed = can_pack(probe.model.decoder)
+    if packed:
+        pack_linears(probe.model.decoder)  # as `SpeechServer.load` does; the reference runs unpacked (`as_loaded`)
     frames = round(args.seconds * probe.frame_rate)
     steps = frames + probe.model.decoder.config.num_codebooks - 1
     audio_s = frames / probe.frame_rate
@@ -178,7 +202,9 @@ def main() -> None:
     prompt_tokens = probe.tokenizer(TEXT, return_tensors="pt").input_ids.shape[-1]
 
     run_batch(server, timer, 1)  # warm-up
-    generate_rate, reference_wall, reference_ttfa = generate_step_rate(reference, timer, steps)
+    with as_loaded(probe.model.decoder, packed):
+        generate_rate, reference_wall, reference_ttfa = generate_step_rate(reference, timer, steps)
+        plain_step = step_ms(server, [1], prompt_tokens, frames)["1"]
     print(f"generate(): {generate_rate:.1f} steps/s; reference engine {reference_wall:.2f} s per answer")
 
     codec.silent = True
@@ -214,13 +240,13 @@ def main() -> None:
         "ttfa_s": {str(n): round(p95(run.ttfa_s), 3) for n, run in runs.items()},
         "solo_speedup": round((steps / solo.wall_s) / generate_rate, 2),
         "step_ms": step_times,
+        "step_ms_plain_1": plain_step,
         "rtf": {str(n): round(run.wall_s / audio_s, 2) for n, run in runs.items()},
         "int8_speedup": None,
     }
     if device.type == "cpu":
         server.close()
         fp32_logits = logits_trace(reference, None)
-        fp32_step = step_times["1"]
         quantize_int8(probe.model.decoder)
         int8_logits = logits_trace(reference, fp32_logits.argmax(-1))
         server = SpeechServer(config, probe.model, probe.tokenizer, frames_per_sentence=frames, decode=codec)
@@ -230,7 +256,8 @@ def main() -> None:
         cosine = torch.nn.functional.cosine_similarity(fp32_logits, int8_logits, dim=-1)
         agree = (fp32_logits.argmax(-1) == int8_logits.argmax(-1)).float().mean()
         result.update(
-            int8_speedup=round(fp32_step / int8_step, 2),
+            int8_speedup=round(plain_step / int8_step, 2),
+            int8_speedup_vs_packed=round(step_times["1"] / int8_step, 2),
             int8_cosine=round(float(cosine.mean()), 4),
             int8_top1_agreement=round(float(agree), 4),
             int8_throughput_ratio=round(throughput(int8_run, most), 2),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,40 +115,69 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
     GEMM on x86 CPUs: weights are quantized once per output channel, activations per call, so the memory-bound
     decoder step reads a quarter of the fp32 bytes. torchao's int8 schemes target CUDA and `torch.compile`.
     """
-    for linear in module.modules():
-        if type(linear) is NarrowLinear:  # quantization matches the exact type
-            linear.__class__ = torch.nn.Linear
+    unpack_linears(module)
     return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-class NarrowLinear(torch.nn.Linear):
-    """`nn.Linear` that computes products of 2 to `NARROW_ROWS` rows as `weight @ x.T` (CPU decoding steps).
+class PackedLinear(torch.nn.Module):
+    """A linear layer whose weight is held in oneDNN's blocked layout, for CPU decoding steps.
 
-    For `x @ weight.T` with a few rows, the CPU BLAS packs the whole weight matrix on every call, so a step of 2
-    to 4 answers reads the decoder's weights about twice; `weight @ x.T` streams them once. (Measured on the
-    Parler-TTS Mini decoder on 2 cores: 112 instead of 170 ms per step at batch 2, 152 instead of 181 at batch 4,
-    but slower from 8 rows on.) One row stays a matrix-vector product either way.
+    The decoder step at a few rows is bound by reading the weights. Through `nn.Linear` the CPU BLAS reads them
+    at about half the memory bandwidth (one row) or packs the whole matrix again on every call (2 to 8 rows);
+    oneDNN's prepacked product streams them once. Measured on the Parler-TTS Mini decoder on 2 cores: a step
+    takes 66 instead of 94 ms for one answer and 136 instead of 186 ms for eight (bench/RESULTS.md). The weight
+    is kept only packed, so memory stays the same; `unpack` gives the `nn.Linear` back.
     """
 
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if not 2 <= rows <= NARROW_ROWS:
-            return super().forward(x)
-        out = torch.mm(self.weight, x.reshape(rows, -1).T).T
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], -1)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def unpack(self) -> torch.nn.Linear:
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(self.packed.to_dense())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
 
 
-NARROW_ROWS = 4
+def can_pack(module: torch.nn.Module) -> bool:
+    """Whether `PackedLinear` can serve `module`'s float32 CPU weights (torch built with oneDNN)."""
+    weight = next(module.parameters())
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
 
 
-def narrow_linears(module: torch.nn.Module) -> int:
-    """Make every plain `nn.Linear` of `module` a `NarrowLinear` (same parameters); the number changed."""
-    changed = [m for m in module.modules() if type(m) is torch.nn.Linear]
-    for linear in changed:
-        linear.__class__ = NarrowLinear
-    return len(changed)
+def pack_linears(module: torch.nn.Module) -> int:
+    """Replace every `nn.Linear` inside `module` by a `PackedLinear`; the number replaced."""
+    return _replace(module, torch.nn.Linear, PackedLinear)
+
+
+def unpack_linears(module: torch.nn.Module) -> int:
+    """Give every `PackedLinear` inside `module` back as `nn.Linear`; the number replaced."""
+    return _replace(module, PackedLinear, PackedLinear.unpack)
+
+
+def _replace(module: torch.nn.Module, kind: type, build: Callable[[Any], torch.nn.Module]) -> int:
+    targets = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if type(child) is kind
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, build(child))
+    return len(targets)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from audio.speech.codec import CodecWorker
 from audio.speech.decoder import ParlerDecoder
 from audio.speech.graphs import CudaGraphs
 from audio.speech.loop import END, DecodingLoop, Request, Runner
-from audio.speech.parler import decode_batch, fold_weight_norm, load_parler, narrow_linears, quantize_int8
+from audio.speech.parler import can_pack, decode_batch, fold_weight_norm, load_parler, pack_linears, quantize_int8
 from audio.speech.rules import Rules
 from audio.speech.slots import batch_buckets, length_buckets
 from audio.speech.voice import TTSConfig, TTSError, Voice, split_sentences, synthesize
@@ -105,8 +105,8 @@ class SpeechServer:
             if model.device.type != "cpu":
                 raise ValueError("TTS_QUANTIZE=int8 is for the CPU; GPUs run bf16")
             quantize_int8(model.decoder)
-        elif model.device.type == "cpu":
-            narrow_linears(model.decoder)
+        elif can_pack(model.decoder):
+            pack_linears(model.decoder)
         log.info(
             "Speech model loaded on %s (%d codec convolutions folded, quantize=%s)",
             model.device,

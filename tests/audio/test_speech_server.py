@@ -20,7 +20,14 @@ from transformers import AutoTokenizer
 
 from audio.speech import JENNY_DESCRIPTION, SpeechScheduler, TTSConfig, TTSError, Voice
 from audio.speech.codec import Block, CodecWorker, FrameBlocks, chunk_frames
-from audio.speech.parler import NarrowLinear, decode_codes, fold_weight_norm, narrow_linears, quantize_int8
+from audio.speech.parler import (
+    PackedLinear,
+    decode_codes,
+    fold_weight_norm,
+    pack_linears,
+    quantize_int8,
+    unpack_linears,
+)
 from audio.speech.reference import TTSEngine
 from audio.speech.server import SpeechServer
 from tests.audio.test_tts import HOP, drain, snr_db
@@ -439,22 +446,23 @@ def test_codec_weight_norm_folds_into_plain_convolutions(tiny_parler_dir: Path) 
     assert snr_db(before, decode_codes(model, codes)) >= 80
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 12])
-def test_narrow_linear_computes_what_linear_does(rows: int) -> None:
+@pytest.mark.parametrize(("rows", "bias"), [(1, True), (2, False), (5, True), (12, True)])
+def test_packed_linear_computes_what_linear_does_and_unpacks_exactly(rows: int, bias: bool) -> None:
     torch.manual_seed(rows)
-    plain = torch.nn.Linear(64, 96)
-    narrow = torch.nn.Linear(64, 96)
-    narrow.load_state_dict(plain.state_dict())
-    assert narrow_linears(torch.nn.Sequential(narrow)) == 1 and isinstance(narrow, NarrowLinear)
+    linear = torch.nn.Linear(64, 96, bias=bias)
+    module = torch.nn.Sequential(linear)
+    assert pack_linears(module) == 1 and isinstance(module[0], PackedLinear)
     x = torch.randn(rows, 1, 64)
-    torch.testing.assert_close(narrow(x), plain(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert unpack_linears(module) == 1 and type(module[0]) is torch.nn.Linear
+    assert torch.equal(module[0].weight, linear.weight)
 
 
-def test_the_cpu_server_narrows_its_decoder_and_int8_still_quantizes_narrowed_layers(greedy: SpeechServer) -> None:
+def test_the_cpu_server_packs_its_decoder_and_int8_quantizes_packed_layers(greedy: SpeechServer) -> None:
     layer = greedy.model.decoder.model.decoder.layers[0]
-    assert type(layer.self_attn.q_proj) is NarrowLinear and type(layer.fc1) is NarrowLinear
+    assert isinstance(layer.self_attn.q_proj, PackedLinear) and isinstance(layer.fc1, PackedLinear)
     module = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    narrow_linears(module)
+    pack_linears(module)
     quantize_int8(module)
     assert type(module[0]).__module__.startswith("torch.ao.nn.quantized")
 
