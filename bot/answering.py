@@ -35,7 +35,7 @@ from bot.discord_io import (
     send_voice_message,
     tell,
 )
-from bot.playback import GuildPlayer, Outcome, QueueFull
+from bot.playback import GuildPlayer, Outcome, PlayerClosed, QueueFull
 from bot.services import audio_limits
 from bot.shutdown import REFUSAL
 
@@ -316,7 +316,7 @@ class Question:
         await self.reply.progress(SPEAKING if not ahead else f"⏳ Waiting to speak ({ahead} ahead)…")
         try:
             utterance = player.submit(answer, speaker, on_start=lambda: self._reveal(embed()), asked_at=self.asked_at)
-        except QueueFull:
+        except (QueueFull, PlayerClosed):  # no room, or the bot left the channel meanwhile: a voice message
             return None
         outcome = await utterance.result
         if outcome is Outcome.NO_VOICE:

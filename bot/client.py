@@ -16,6 +16,7 @@ import discord
 import numpy as np
 from discord import app_commands
 from discord.ext import commands
+from sqlalchemy.exc import SQLAlchemyError
 
 from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe, run_ffmpeg_work
@@ -123,7 +124,7 @@ class MagicBot(commands.AutoShardedBot):
         self.sample_rate = 0
         self.speech_status = SpeechStatus.DISABLED
         self.ffmpeg = ""
-        self._engine = tts  # an engine passed in belongs to the caller; one the bot builds is closed with it
+        self._given_engine = tts  # belongs to the caller; an engine the bot builds is closed with it
         self._built_engine: SpeechEngine | None = None
         self._tts_loader: asyncio.Task[None] | None = None
         self.monitoring = MonitoringServer(self)
@@ -146,8 +147,8 @@ class MagicBot(commands.AutoShardedBot):
         await self.store.open()
         for name in COGS:
             await self.load_extension(f"bot.cogs.{name}")
-        if self._engine is not None:
-            self._use_engine(self._engine)
+        if self._given_engine is not None:
+            self._use_engine(self._given_engine)
         elif self.settings.tts_enabled:
             self.speech_status = SpeechStatus.LOADING
             self._tts_loader = asyncio.create_task(self._load_tts(), name="tts-load")
@@ -164,7 +165,6 @@ class MagicBot(commands.AutoShardedBot):
             self._use_engine(engine)
 
     def _use_engine(self, engine: SpeechEngine) -> None:
-        self._engine = engine
         self.speech = SpeechScheduler(
             engine,
             queue_size=self.settings.tts_queue_size,
@@ -213,7 +213,12 @@ class MagicBot(commands.AutoShardedBot):
 
     async def guild_speaker(self, guild_id: int) -> Voice:
         """The speaker this guild chose with /voice set, or the configured default."""
-        preset = PRESETS.get(await self.store.voice_preset(guild_id) or "")
+        try:
+            name = await self.store.voice_preset(guild_id)
+        except (SQLAlchemyError, OSError):  # the answer matters more than its voice
+            log.exception("Reading guild %s's voice preset failed; speaking with the default voice", guild_id)
+            name = None
+        preset = PRESETS.get(name or "")
         if preset is None:
             return Voice(self.settings.tts_voice_description, self.settings.tts_seed)
         return Voice(preset.description, preset.seed)

@@ -54,6 +54,10 @@ class QueueFull(Exception):
         self.size = size
 
 
+class PlayerClosed(Exception):
+    """The player was closed (/leave, idle timeout, shutdown) before the answer could be queued."""
+
+
 class VoiceLink(Protocol):
     """What the player needs from `discord.VoiceClient`."""
 
@@ -70,6 +74,9 @@ class Players(Protocol):
     """What the answering code needs from the voice cog."""
 
     def player(self, guild_id: int) -> GuildPlayer | None: ...
+
+    @property
+    def answers_queued(self) -> int: ...
 
 
 @dataclass(eq=False)
@@ -153,7 +160,9 @@ class GuildPlayer:
         on_start: Callable[[], Awaitable[object]] | None = None,
         asked_at: float | None = None,
     ) -> Utterance:
-        """Queue an answer; raises `QueueFull` when the guild's queue is full."""
+        """Queue an answer; raises `QueueFull` when the guild's queue is full, `PlayerClosed` once closed."""
+        if self._closed:
+            raise PlayerClosed
         utterance = Utterance(text, voice, on_start)
         if asked_at is not None:
             utterance.asked_at = asked_at

@@ -189,6 +189,7 @@ class CodecWorker:
             for sink, (_, (on_error, _skip)) in zip(group, heads, strict=True):
                 on_error()
                 sink(exc)
+                self._delivered.pop(sink, None)  # the request has ended: no marker follows
         else:
             for sink, (block, _), samples in zip(group, heads, audio, strict=True):
                 chunk = block.cut(samples)

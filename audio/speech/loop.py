@@ -53,15 +53,6 @@ class Request:
         """Ended, failed or cancelled: its row is freed before the next step."""
         return self.ended or self.failed or self.cancel.is_set()
 
-    def fail(self, error: BaseException) -> None:
-        """End the request with `error` (as `TTSError`)."""
-        self.failed = True
-        if not isinstance(error, TTSError):
-            wrapped = TTSError(f"speech generation failed: {error}")
-            wrapped.__cause__ = error
-            error = wrapped
-        self.sink(error)
-
 
 @dataclass(eq=False)
 class _Row:
@@ -158,7 +149,7 @@ class DecodingLoop:
                 self._closed = True
         error = TTSError("the speech server was closed")
         for request in [*self._pending, *(row.request for row in self._rows)]:
-            if not request.stopped:
+            if not (request.ended or request.failed):  # cancelled ones too: their consumers may be waiting
                 self.codec.send(error, request.sink)
         self._pending.clear()
         self._rows.clear()
@@ -183,13 +174,12 @@ class DecodingLoop:
                 self._wake.wait()
             if self._closed:
                 return None
+            for request in [r for r in self._pending if r.stopped]:  # cancelled while waiting, rows free or not
+                self._pending.remove(request)
+                self.codec.send(END, request.sink)
             admitted: list[Request] = []
             while self._pending and len(self._rows) + len(admitted) < self.capacity:
-                request = self._pending.popleft()
-                if request.stopped:  # cancelled while waiting
-                    self.codec.send(END, request.sink)
-                else:
-                    admitted.append(request)
+                admitted.append(self._pending.popleft())
             return admitted
 
     def _step(self) -> None:
@@ -218,9 +208,13 @@ class DecodingLoop:
         else:
             log.exception("A decoding step failed; the %d answers in flight end", len(self._rows))
         for row in self._rows:
-            row.request.failed = True
-            self.codec.send(TTSError(f"speech generation failed: {exc}"), row.request.sink)
+            self._fail(row.request, exc)
         self._rows.clear()
+
+    def _fail(self, request: Request, error: BaseException) -> None:
+        """End `request` with `error`, after the audio already on its way (its consumer raises `TTSError`)."""
+        request.failed = True
+        self.codec.send(error, request.sink)
 
     def _advance(self, indices: list[int], logits: torch.Tensor) -> None:
         """Apply the rules to the rows' logits, sample, hand out frames and finish sentences."""
@@ -249,12 +243,10 @@ class DecodingLoop:
                     self._next_sentence(index)
             except Exception as exc:
                 log.exception("A speech request failed")
-                row.request.fail(exc)
+                self._fail(row.request, exc)
 
     def _emit(self, row: _Row, column: torch.Tensor) -> None:
         """Hand the frame that `column` completes to the codec (frames with an id past the codebook are not audio)."""
-        if row.column <= 0:
-            return
         row.recent.append(column)
         if len(row.recent) < self.rules.num_codebooks:
             return
@@ -290,7 +282,7 @@ class DecodingLoop:
             self._prefill(index)
         except Exception as exc:
             log.exception("A speech request failed")
-            request.fail(exc)
+            self._fail(request, exc)
 
     def _prefill(self, index: int) -> None:
         """Start the row's current sentence: prompt, BOS column and voice context through the decoder."""

@@ -76,10 +76,6 @@ class Rules:
             top_p=generation.top_p if generation.top_p is not None else 1.0,
         )
 
-    @property
-    def max_frames(self) -> int:
-        return self.max_length - self.num_codebooks
-
     def scores(
         self, logits: torch.Tensor, columns: torch.Tensor, finished: torch.Tensor, first_open: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,9 +63,6 @@ class VoiceCache:
             self._contexts.popitem(last=False)
         return context
 
-    def __contains__(self, description: str) -> bool:
-        return description in self._contexts
-
 
 class StaticCache:
     """Preallocated keys and values: `length` self-attention positions and `context` cross-attention tokens per row.

@@ -74,7 +74,7 @@ class VoiceCog(commands.Cog, name="Voice"):
     @property
     def answers_queued(self) -> int:
         """Answers waiting or being spoken in all the guilds' players."""
-        return sum(player.pending + player.busy for player in self._players.values())
+        return sum(player.ahead for player in self._players.values())
 
     def player(self, guild_id: int) -> GuildPlayer | None:
         """The guild's player while the bot is in one of its voice channels."""

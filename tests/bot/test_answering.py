@@ -61,6 +61,21 @@ async def test_an_unexpected_error_replaces_the_public_progress_with_one_private
     assert "database is locked" in logged.getMessage() + str(logged.exc_info[1])
 
 
+async def test_an_unreadable_voice_preset_still_answers_in_the_default_voice(scene: Scene, tmp_path: Path) -> None:
+    engine = SineEngine()
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=engine) as bot:
+
+        async def locked(guild_id: int) -> None:
+            raise OperationalError("SELECT voice_preset", {}, Exception("database is locked"))
+
+        bot.store.voice_preset = locked  # type: ignore[method-assign]
+        record = await scene.ask("Will the database hold?")
+        await record.wait_for(answered, 30)
+        assert fields(final_embed(record))["🎱 The ball says"] in CLASSIC_ANSWERS
+        ((_, voice),) = engine.spoken
+        assert (voice.description, voice.seed) == (bot.settings.tts_voice_description, bot.settings.tts_seed)
+
+
 async def test_an_unexpected_error_on_a_voice_message_edits_the_progress_reply(
     scene: Scene, tmp_path: Path, fake_inference: FakeInference, ffmpeg: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from audio.source import StreamingSource
 from audio.speech import SpeechScheduler, Voice
-from bot.playback import GuildPlayer, Outcome, QueueFull, VoiceLink
+from bot.playback import GuildPlayer, Outcome, PlayerClosed, QueueFull, VoiceLink
 from tests.bot.doubles import FakeVoiceClient, SineEngine, until
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,3 +155,10 @@ async def test_closed_player_stops_waiting_answers(rig: Rig) -> None:
     assert await queued.result is Outcome.STOPPED
     with pytest.raises(RuntimeError):
         rig.player.start()
+
+
+async def test_a_closed_player_refuses_new_answers(rig: Rig) -> None:
+    await rig.player.close()
+    with pytest.raises(PlayerClosed):
+        rig.player.submit("too late", VOICE)
+    assert rig.player.pending == 0 and not rig.engine.spoken
