@@ -22,7 +22,7 @@ import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, SecretStr
@@ -51,6 +51,10 @@ class ServeSettings(BaseSettings):
     tts_dtype: str = "auto"
     tts_attn_implementation: str = "sdpa"
     tts_api_key: SecretStr | None = None
+    # The batched engine on each replica, as in the bot's settings (empty batch: 32 on CUDA, 8 on CPU).
+    tts_max_batch: int | None = Field(None, ge=1, le=256)
+    tts_max_frames: int | None = Field(None, ge=16)
+    tts_quantize: Literal["none", "int8"] = "none"
     tts_queue_size: int = Field(16, ge=1)
     tts_min_replicas: int = Field(1, ge=0)
     tts_max_replicas: int = Field(1, ge=1)
@@ -68,6 +72,9 @@ class ServeSettings(BaseSettings):
             device=self.tts_device,
             dtype=self.tts_dtype,
             attn_implementation=self.tts_attn_implementation,
+            max_batch=self.tts_max_batch,
+            max_frames=self.tts_max_frames,
+            quantize=self.tts_quantize,
         )
 
     def replica_gpus(self) -> float:

@@ -200,6 +200,10 @@ class RemoteEngine:
                         response.close()
         except TTSError as exc:
             put(exc)
+        except Exception as exc:  # anything else (a closed session, a bug): the consumer must still hear of it
+            error = TTSError(f"the speech server at {self.config.root} failed: {exc}")
+            error.__cause__ = exc
+            put(error)
         else:
             put(_END)
 

@@ -252,6 +252,18 @@ async def test_a_server_that_is_not_there() -> None:
             await take(engine.stream("Yes.", VOICE))
 
 
+async def test_an_unexpected_failure_still_ends_the_answer_with_an_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    async with engine_for(url, sample_rate=24000) as engine:
+
+        def broken() -> None:
+            raise RuntimeError("Session is closed")
+
+        engine._client = broken  # type: ignore[method-assign]
+        with pytest.raises(TTSError, match="failed: Session is closed"):
+            await take(engine.stream("Yes.", VOICE))
+
+
 def test_the_bot_side_never_imports_torch_or_ray() -> None:
     code = (
         "import sys, bot.client, bot.services, audio.speech.remote; "

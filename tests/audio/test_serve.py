@@ -19,7 +19,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from audio.serve import SpeechDeployment
+from audio.serve import ServeSettings, SpeechDeployment
 from audio.speech import TTSConfig, TTSError, Voice, synthesize
 from audio.speech.remote import RemoteConfig, RemoteEngine
 from audio.speech.server import SpeechServer
@@ -114,6 +114,13 @@ SPEECH = {"model": "sine", "input": "Outlook good.", "voice": "A calm voice.", "
 async def body_of(response: Response) -> bytes:
     assert isinstance(response, StreamingResponse)
     return b"".join([bytes(part) async for part in response.body_iterator])  # type: ignore[arg-type]
+
+
+def test_the_batched_engine_settings_reach_each_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"TTS_MAX_BATCH": "4", "TTS_MAX_FRAMES": "860", "TTS_QUANTIZE": "int8"}.items():
+        monkeypatch.setenv(name, value)
+    config = ServeSettings().tts_config()
+    assert (config.max_batch, config.max_frames, config.quantize) == (4, 860, "int8")
 
 
 async def test_a_full_queue_answers_429_with_retry_after() -> None:
