@@ -25,11 +25,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from audio.speech.voice import TTSError, Voice
+from audio.speech.voice import TTSError, TTSQueueFull, Voice
 
 OPENAI_SAMPLE_RATE = 24_000
 SAMPLE_RATE_HEADER = "X-Sample-Rate"
 _POLL_S = 0.02  # how often a waiting `stream()` looks at its cancel event
+BUSY_SECONDS = 5.0  # the wait suggested when a busy server sends no Retry-After
 _END = object()
 
 
@@ -198,7 +199,7 @@ class RemoteEngine:
                         response.release()
                     else:
                         response.close()
-        except TTSError as exc:
+        except (TTSError, TTSQueueFull) as exc:
             put(exc)
         except Exception as exc:  # anything else (a closed session, a bug): the consumer must still hear of it
             error = TTSError(f"the speech server at {self.config.root} failed: {exc}")
@@ -251,4 +252,7 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     reason = f"{response.status} {response.reason or ''}".strip()
     if response.status in (401, 403):
         raise TTSError(f"the speech server refused the API key ({reason})")
+    if response.status == 429:  # its queue is full: the same "busy" as the bot's own queue
+        retry_after = response.headers.get("Retry-After", "")
+        raise TTSQueueFull.after(float(retry_after) if retry_after.isdigit() else BUSY_SECONDS)
     raise TTSError(f"the speech server answered {reason}: {message.strip() or 'no details'}")

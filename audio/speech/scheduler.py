@@ -117,11 +117,7 @@ class SpeechScheduler:
         if self._closed:
             raise TTSError("the speech scheduler was closed")
         if self.waiting >= self._queue_size or len(self._waiting.get(key, ())) >= self._queue_per_key:
-            wait = self.retry_after()
-            raise TTSQueueFull(
-                f"The voice is busy with other answers; please try again in about {math.ceil(wait)} seconds.",
-                retry_after=wait,
-            )
+            raise TTSQueueFull.after(self.retry_after())
         job = _Job(key, text, voice, asyncio.get_running_loop())
         self._waiting.setdefault(key, deque()).append(job)
         self._last_turn.setdefault(key, -1)
@@ -192,7 +188,7 @@ class SpeechScheduler:
         try:
             for chunk in self._engine.stream(job.text, job.voice, job.cancel):
                 job.deliver(chunk)
-        except TTSError as exc:
+        except (TTSError, TTSQueueFull) as exc:  # a remote server's queue can be full too
             job.deliver(exc)
         except Exception as exc:
             error = TTSError(f"speech generation failed: {exc}")

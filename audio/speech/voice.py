@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -58,6 +59,12 @@ class TTSError(Exception):
 
 class TTSQueueFull(UserFacingError):
     """Too many answers are waiting to be spoken; `retry_after` estimates when there will be room."""
+
+    @classmethod
+    def after(cls, seconds: float) -> TTSQueueFull:
+        """The refusal with its sentence, for room in about `seconds`."""
+        sentence = f"The voice is busy with other answers; please try again in about {math.ceil(seconds)} seconds."
+        return cls(sentence, retry_after=seconds)
 
 
 class SpeechEngine(Protocol):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from audio.speech import TTSError, Voice
+from audio.speech import SpeechScheduler, TTSError, TTSQueueFull, Voice
 from audio.speech.remote import OPENAI_SAMPLE_RATE, PcmDecoder, RemoteConfig, RemoteEngine
 from tests.fakes.speech_app import ROOT, free_port
 
@@ -250,6 +250,21 @@ async def test_a_server_that_is_not_there() -> None:
     async with engine_for(url, sample_rate=24000) as engine:  # a configured rate needs no server at start-up
         with pytest.raises(TTSError, match="cannot be reached"):
             await take(engine.stream("Yes.", VOICE))
+
+
+async def test_a_busy_server_is_busy_for_the_bot_too() -> None:
+    async def speech(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "queue full"}}, status=429, headers={"Retry-After": "7"})
+
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url) as engine:
+        scheduler = SpeechScheduler(engine)
+        try:
+            with pytest.raises(TTSQueueFull) as busy:
+                await anext(scheduler.stream("guild", "Yes.", VOICE))
+        finally:
+            await scheduler.close()
+    assert busy.value.retry_after == 7
+    assert busy.value.sentence == "The voice is busy with other answers; please try again in about 7 seconds."
 
 
 async def test_an_unexpected_failure_still_ends_the_answer_with_an_error() -> None:
