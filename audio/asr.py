@@ -11,7 +11,7 @@ import aiohttp
 from huggingface_hub import AsyncInferenceClient
 
 from audio.errors import UserFacingError
-from audio.ffmpeg import run_ffmpeg_work
+from audio.ffmpeg import run_upload_work
 from audio.formats import AudioInputError, AudioLimits, upload_to_flac
 from audio.inference import ProviderError, RetryPolicy, call_with_retries, post
 
@@ -82,7 +82,7 @@ class Transcriber:
             # A path gives the request its audio/flac content type; raw bytes would carry none.
             with tempfile.TemporaryDirectory(prefix="asr-") as folder:
                 path = Path(folder, "question.flac")
-                await run_ffmpeg_work(path.write_bytes, flac)
+                await run_upload_work(path.write_bytes, flac)
                 async with client:
                     text = (await client.automatic_speech_recognition(path, model=cfg.model)).text
         if not isinstance(text, str):

@@ -18,10 +18,12 @@ T = TypeVar("T")
 
 # Every ffmpeg command line starts with these: no banner, no progress lines, errors only, never read the terminal.
 GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
-# ffmpeg runs (decode, encode, starting and reaping processes) get their own bounded pool, so they never starve
-# asyncio's default executor (aiohttp's DNS lookups) and never pile up without limit.
+# ffmpeg runs (decode, encode, starting and reaping processes) get their own bounded pools, so they never starve
+# asyncio's default executor (aiohttp's DNS lookups) and never pile up without limit. Members' uploads (which can
+# each take up to RUN_TIMEOUT) have a pool of their own, so slow uploads never hold up speaking answers.
 FFMPEG_WORKERS = max(4, 2 * (os.cpu_count() or 1))
 _executor = ThreadPoolExecutor(max_workers=FFMPEG_WORKERS, thread_name_prefix="ffmpeg_work")
+_uploads = ThreadPoolExecutor(max_workers=FFMPEG_WORKERS, thread_name_prefix="ffmpeg_upload")
 
 
 RUN_TIMEOUT = 60.0  # wall-clock seconds any one ffmpeg run (decode or encode of one answer) may take
@@ -79,6 +81,11 @@ def run_ffmpeg(
 async def run_ffmpeg_work(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run blocking ffmpeg-related work (`func(*args, **kwargs)`) in the ffmpeg pool, off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(_executor, partial(func, *args, **kwargs))
+
+
+async def run_upload_work(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`run_ffmpeg_work` for members' uploads, in the uploads' own pool."""
+    return await asyncio.get_running_loop().run_in_executor(_uploads, partial(func, *args, **kwargs))
 
 
 class FFmpegUnavailable(RuntimeError):

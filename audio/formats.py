@@ -15,7 +15,7 @@ import ffmpeg as ffmpeg_python
 import numpy as np
 
 from audio.errors import UserFacingError
-from audio.ffmpeg import GLOBAL_ARGS, FFmpegTimeout, run_ffmpeg, run_ffmpeg_work
+from audio.ffmpeg import GLOBAL_ARGS, FFmpegTimeout, run_ffmpeg, run_upload_work
 
 ASR_SAMPLE_RATE = 16_000
 _BYTES_PER_SAMPLE = 2  # s16le
@@ -85,7 +85,7 @@ async def decode_upload(data: bytes, limits: AudioLimits, ffmpeg: str) -> np.nda
     """
     check_size(len(data), limits)
     max_output = int(limits.max_seconds * ASR_SAMPLE_RATE) * _BYTES_PER_SAMPLE
-    pcm, code = await run_ffmpeg_work(_decode_blocking, data, ffmpeg, max_output)
+    pcm, code = await run_upload_work(_decode_blocking, data, ffmpeg, max_output)
     if len(pcm) > max_output:
         raise _too_long(limits)
     if code != 0 and not pcm:
@@ -107,7 +107,7 @@ async def encode_flac(samples: np.ndarray, ffmpeg: str, sample_rate: int = ASR_S
         .global_args(*GLOBAL_ARGS)
         .compile(cmd=ffmpeg)
     )
-    flac, code = await run_ffmpeg_work(run_ffmpeg, args, pcm)
+    flac, code = await run_upload_work(run_ffmpeg, args, pcm)
     if code != 0 or not flac:
         raise RuntimeError(f"ffmpeg failed to encode FLAC (exit status {code})")
     return flac
