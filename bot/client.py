@@ -22,7 +22,7 @@ from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe, run_ffmpeg_work
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.speech import SpeechEngine, SpeechScheduler, Voice
+from audio.speech import SpeechEngine, SpeechScheduler, SpeechStackError, Voice
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.admission import Admission
 from bot.discord_io import NO_PINGS, tell
@@ -157,6 +157,9 @@ class MagicBot(commands.AutoShardedBot):
     async def _load_tts(self) -> None:
         try:
             engine = await asyncio.to_thread(build_speech_engine, self.settings)
+        except SpeechStackError as error:
+            log.error("%s Answers stay text only.", error)
+            self.speech_status = SpeechStatus.FAILED
         except Exception:
             log.exception("Loading the speech engine failed; answers stay text only")
             self.speech_status = SpeechStatus.FAILED

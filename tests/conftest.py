@@ -5,17 +5,25 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from audio.ffmpeg import ffmpeg_exe
-from audio.speech import TTSConfig
-from audio.speech.reference import TTSEngine
-from audio.speech.server import SpeechServer
+from audio.speech import TTSConfig, speech_stack_problem
 from tests.fakes.inference import FakeInference
-from tests.fakes.tiny_parler import build_parler
+
+if TYPE_CHECKING:  # the speech stack is imported only once pytest_sessionstart has checked it
+    from audio.speech.reference import TTSEngine
+    from audio.speech.server import SpeechServer
 
 pytest_plugins = ["tests.emulator.fixtures", "tests.fakes.postgres"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A broken speech stack (e.g. a torchaudio built for another torch) is one sentence, not import errors."""
+    if (problem := speech_stack_problem()) is not None:
+        pytest.exit(problem, returncode=1)
 
 
 @pytest.fixture(autouse=True)
@@ -65,12 +73,16 @@ async def fake_inference() -> AsyncIterator[FakeInference]:
 @pytest.fixture(scope="session")
 def tiny_parler_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Parler-TTS checkpoint, saved like a downloaded one."""
+    from tests.fakes.tiny_parler import build_parler
+
     return build_parler(tmp_path_factory.mktemp("tiny-parler"))
 
 
 @pytest.fixture(scope="session")
 def tiny_tts_engine(tiny_parler_dir: Path) -> TTSEngine:
     """40 frames (0.46 s) per sentence; chunks of 9 frames first, then 22, with 8 frames of context."""
+    from audio.speech.reference import TTSEngine
+
     config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     return TTSEngine.load(config, frames_per_sentence=40)
 
@@ -78,6 +90,8 @@ def tiny_tts_engine(tiny_parler_dir: Path) -> TTSEngine:
 @pytest.fixture(scope="session")
 def tiny_speech_server(tiny_parler_dir: Path) -> Iterator[SpeechServer]:
     """The serving engine (what `load_engine` returns) on the tiny model, with the same chunking as above."""
+    from audio.speech.server import SpeechServer
+
     config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     server = SpeechServer.load(config, frames_per_sentence=40)
     yield server

@@ -12,6 +12,7 @@ as the baseline for tests and benchmarks).
 from __future__ import annotations
 
 from audio.speech.scheduler import SpeechScheduler, SpeechStream
+from audio.speech.stack import SpeechStackError, check_speech_stack, speech_stack_problem
 from audio.speech.voice import (
     DEFAULT_SEED,
     DEFAULT_VOICE,
@@ -31,19 +32,24 @@ __all__ = [
     "JENNY_DESCRIPTION",
     "SpeechEngine",
     "SpeechScheduler",
+    "SpeechStackError",
     "SpeechStream",
     "TTSConfig",
     "TTSError",
     "TTSQueueFull",
     "Voice",
+    "check_speech_stack",
     "load_engine",
+    "speech_stack_problem",
     "split_sentences",
     "synthesize",
 ]
 
 
 def load_engine(config: TTSConfig) -> SpeechEngine:
-    """The serving engine for `config` (loads torch and the model, warms it up; blocking)."""
+    """The serving engine for `config` (loads torch and the model, warms it up; blocking). Raises
+    `SpeechStackError` with one sentence when a package of the speech stack does not import."""
+    check_speech_stack()
     from audio.speech.server import SpeechServer
 
     return SpeechServer.load(config)

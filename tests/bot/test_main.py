@@ -16,10 +16,12 @@ from audio.oracle import CLASSIC_ANSWERS, Oracle
 from audio.speech import TTSConfig, Voice
 from audio.speech.server import SpeechServer
 from bot.__main__ import main, write_wav
+from bot.client import SpeechStatus
 from bot.settings import Settings
-from tests.bot.helpers import ROOT, SECRET, run_cli
+from tests.bot.helpers import ROOT, SECRET, Scene, fields, final_embed, run_cli
 from tests.emulator import DiscordEmulator
 from tests.fakes.audio_files import encode, speechlike
+from tests.fakes.broken_stack import UNDEFINED_SYMBOL, broken_torchaudio
 from tests.fakes.bot_process import spawn
 from tests.fakes.inference import FakeInference
 
@@ -187,3 +189,28 @@ def test_any_user_facing_error_is_one_sentence(monkeypatch: pytest.MonkeyPatch, 
     assert main(["ask", "Are you there?"]) == 2
     err = capsys.readouterr().err  # log lines may come before it
     assert err.splitlines()[-1] == "error: The spirits are asleep; ask again at dawn. (UserFacingError)"
+
+
+async def test_a_broken_speech_stack_starts_text_only_with_one_sentence(scene: Scene, tmp_path: Path) -> None:
+    shim = broken_torchaudio(tmp_path / "shim")
+    env = {"TTS_ENABLED": "true", "PYTHONPATH": f"{shim}:{ROOT}"}
+    async with spawn(scene.emu, tmp_path, env) as process:
+        assert process.stderr is not None
+        lines: list[str] = []
+        while "does not load" not in (line := (await asyncio.wait_for(process.stderr.readline(), 60)).decode()):
+            assert line, "the bot exited before saying why speech is off:\n" + "".join(lines)
+            lines.append(line)
+        assert line.rstrip().endswith(
+            "reinstall through the lock: pip install -c requirements-lock.txt -e . Answers stay text only."
+        )
+        assert "The speech package torchaudio " in line and UNDEFINED_SYMBOL in line
+        await scene.emu.wait_for(lambda: scene.emu.command_syncs, 60, "the bot process to sync its commands")
+        await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
+        joined = await scene.command("join")
+        await joined.wait_for(lambda r: r.edits or r.followups or r.callback, 30)
+        asked = await scene.ask("Will the install hold?")
+        await asked.wait_for(lambda r: any(e.body.get("embeds") for e in r.edits), 60)
+        embed = final_embed(asked)
+        assert embed["footer"]["text"] == f"🔇 {SpeechStatus.FAILED.note}"
+        assert fields(embed)["🎱 The ball says"] in CLASSIC_ANSWERS
+    assert "Traceback" not in "".join(lines)
