@@ -249,11 +249,12 @@ def play(
 
 
 def settle(source: StreamingSource, fed_seconds: float) -> None:
-    """Wait until ffmpeg caught up with `fed_seconds` (it holds back up to ~8 frames) and went quiet."""
+    """Wait until ffmpeg caught up with `fed_seconds` (it holds back up to ~8 frames) and went quiet. The quiet
+    window is long enough that a descheduled ffmpeg on a loaded machine is not taken for a finished one."""
     encoded = lambda: source.buffered_frames + source.frames_read  # noqa: E731
     wait_until(lambda: encoded() >= fed_seconds / FRAME_SECONDS - 10)
     last, quiet_since = encoded(), time.monotonic()
-    while time.monotonic() - quiet_since < 0.03:
+    while time.monotonic() - quiet_since < 0.25:
         time.sleep(0.003)
         if encoded() != last:
             last, quiet_since = encoded(), time.monotonic()
