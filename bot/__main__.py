@@ -88,9 +88,10 @@ async def database(settings: Settings, action: str) -> None:
     from bot.migrations import head
     from bot.store import GuildStore
 
-    store = GuildStore(settings.database_url.get_secret_value())
+    store = GuildStore(settings.database_url.get_secret_value(), connect_seconds=settings.database_connect_seconds)
     await store.connect()
     try:
+        await store.wait_until_reachable()
         revision = await (store.upgrade() if action == "upgrade" else store.revision())
     finally:
         await store.close()

@@ -117,7 +117,9 @@ class MagicBot(commands.AutoShardedBot):
         self.settings = settings
         self.oracle = oracle
         self.transcriber = transcriber
-        self.store = GuildStore(settings.database_url.get_secret_value())
+        self.store = GuildStore(
+            settings.database_url.get_secret_value(), connect_seconds=settings.database_connect_seconds
+        )
         self.admission = Admission(settings.cooldown_seconds, settings.guild_concurrency)
         self.questions = question_rules(settings)
         self.transcriptions = asyncio.Semaphore(settings.max_concurrent_transcriptions)
