@@ -374,6 +374,8 @@ async def answer_message(bot: MagicBot, message: discord.Message, permissions: d
     problem = audio_problem(audio, bot.questions) or admit(bot, message.guild.id, message.author.id)
     if problem:
         metrics.record_question("voice_message", "refused")
+        if bot.admission.already_told(message.guild.id, message.author.id):
+            return  # the member heard why once this cooldown: more voice messages don't make more public replies
         with contextlib.suppress(discord.HTTPException):
             await reply.fail(problem)
         return
