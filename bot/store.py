@@ -6,9 +6,9 @@ Writes are single atomic statements (upserts, conditional inserts and deletes), 
 guild at once lose nothing. Listening channels are cached in memory because every posted message is checked
 against them; a guild belongs to one process (its shard), which keeps its cache current.
 
-Connections are checked before each use (`pool_pre_ping`), so the first query after a database restart gets a new
-connection instead of failing; at start-up, `open()` waits up to DATABASE_CONNECT_SECONDS for a server that is
-still starting.
+PostgreSQL connections are checked before each use (`pool_pre_ping`), so the first query after a database restart
+gets a new connection instead of failing; at start-up, `open()` waits up to DATABASE_CONNECT_SECONDS for a server
+that is still starting.
 """
 
 from __future__ import annotations
@@ -134,8 +134,11 @@ class GuildStore:
                 )
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            timeout = {"timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() == "postgresql" else {}
-            self._engine = create_async_engine(self.url, pool_pre_ping=True, connect_args=timeout)
+            # A server's connections can die under the pool (a restart): check each before use, and bound connecting.
+            server = {"pool_pre_ping": True, "connect_args": {"timeout": CONNECT_TIMEOUT}}
+            self._engine = create_async_engine(
+                self.url, **(server if parsed.get_backend_name() == "postgresql" else {})
+            )
             self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
 
     async def upgrade(self) -> str:
