@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from audio.errors import UserFacingError
 from audio.ffmpeg import FFmpegUnavailable
-from audio.formats import to_pcm16
+from audio.formats import AudioInputError, to_pcm16
+from bot.questions import QuestionRefused
 from bot.settings import Settings, get_settings
 from bot.store import DatabaseUnavailable
 
@@ -55,18 +56,20 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
 
 
 async def ask(settings: Settings, question: str | None, audio: Path | None, speak: Path | None) -> None:
-    """Answer one question on the command line, printing the transcript (if any) and the answer."""
-    from bot.services import build_oracle, build_transcriber
+    """Answer one question on the command line, printing the transcript (if any) and the answer.
 
+    The question passes the bot's own rules (`bot.questions`): cleaned, refused or cut as in Discord."""
+    from bot.services import build_oracle, build_transcriber, question_rules
+
+    rules = question_rules(settings)
     if audio is not None:
-        question = await build_transcriber(settings).transcribe(audio.read_bytes(), audio.name)
-        print(f"Transcript: {question}")
-    assert question is not None
-    question = question.strip()
-    if not question:
-        raise UsageError("The question is empty: pass some text or --audio FILE.")
-    if len(question) > settings.max_question_chars:
-        raise UsageError(f"The question is longer than MAX_QUESTION_CHARS ({settings.max_question_chars}).")
+        rules.check_recording(audio.name, None, audio.stat().st_size, None)
+        transcript = rules.transcript(await build_transcriber(settings).transcribe(audio.read_bytes(), audio.name))
+        print(f"Transcript{transcript.note}: {transcript.text}")
+        question = transcript.text
+    else:
+        assert question is not None
+        question = rules.typed(question)
     answer = await build_oracle(settings).answer(question)
     print(f"Answer: {answer}")
     if speak is not None:
@@ -85,9 +88,10 @@ async def database(settings: Settings, action: str) -> None:
     from bot.migrations import head
     from bot.store import GuildStore
 
-    store = GuildStore(settings.database_url.get_secret_value())
+    store = GuildStore(settings.database_url.get_secret_value(), connect_seconds=settings.database_connect_seconds)
     await store.connect()
     try:
+        await store.wait_until_reachable()
         revision = await (store.upgrade() if action == "upgrade" else store.revision())
     finally:
         await store.close()
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         message = reasons[0] if reasons else generic
     except (UsageError, FFmpegUnavailable, DatabaseUnavailable) as exc:
         message = str(exc)
+    except (QuestionRefused, AudioInputError) as exc:  # the question itself: the sentence the bot would reply
+        message = exc.sentence
     except discord.LoginFailure:
         message = (
             "Discord refused DISCORD_TOKEN: copy a fresh token from the Discord Developer Portal (Bot → Reset Token) "

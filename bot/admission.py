@@ -1,7 +1,8 @@
 """Who may ask now: per-member cooldowns and a per-guild bound on questions in flight.
 
 This is the first of the bot's back-pressure limits (docs/ARCHITECTURE.md tells the whole story); each refusal is
-one sentence with a wait estimate. Cooldowns expire, so members who asked once are forgotten after it.
+one sentence with a wait estimate. Cooldowns expire, so members who asked once are forgotten after it. Where a
+refusal is public (a reply to a voice message), `already_told` keeps it to one per member per cooldown.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Admission:
         self.typical_seconds = TYPICAL_ANSWER_SECONDS
         self._clock = clock
         self._last_ask: dict[tuple[int, int], float] = {}  # oldest first: expired entries leave from the front
+        self._told: dict[tuple[int, int], float] = {}  # when a refused member was told why; oldest first too
         self._in_flight: dict[int, int] = {}
 
     def admit(self, guild_id: int, member_id: int) -> str | None:
@@ -47,8 +49,22 @@ class Admission:
             return f"Slow down: you can ask again in {seconds_phrase(self.cooldown_seconds - (now - last))}."
         if self.cooldown_seconds > 0:
             self._last_ask[(guild_id, member_id)] = now
+        self._told.pop((guild_id, member_id), None)  # a new cooldown: its first refusal is told again
         self._in_flight[guild_id] = busy + 1
         return None
+
+    def already_told(self, guild_id: int, member_id: int) -> bool:
+        """Whether this refused member was already told why within the last cooldown (and not let in since);
+        if not, they count as told now. So the first refusal is said with its wait, and posting more during
+        the cooldown doesn't make the bot post more."""
+        now = self._clock()
+        self._expire(now)
+        key = (guild_id, member_id)
+        if key in self._told:
+            return True
+        if self.cooldown_seconds > 0:
+            self._told[key] = now
+        return False
 
     def release(self, guild_id: int, seconds: float | None = None) -> None:
         """A question of this guild was answered (or failed) after `seconds`, which refine the estimate."""
@@ -60,18 +76,20 @@ class Admission:
 
     def forget_guild(self, guild_id: int) -> None:
         """Drop the cooldowns of a guild the bot left (questions in flight still release normally)."""
-        for key in [key for key in self._last_ask if key[0] == guild_id]:
-            del self._last_ask[key]
+        for stamps in (self._last_ask, self._told):
+            for key in [key for key in stamps if key[0] == guild_id]:
+                del stamps[key]
 
     @property
     def tracked_members(self) -> int:
-        """Members with a running cooldown."""
+        """Members with a running cooldown, or told why they were refused within the last one."""
         self._expire(self._clock())
-        return len(self._last_ask)
+        return len(self._last_ask.keys() | self._told.keys())
 
     def _expire(self, now: float) -> None:
-        while self._last_ask:
-            key, last = next(iter(self._last_ask.items()))
-            if now - last < self.cooldown_seconds:
-                break
-            del self._last_ask[key]
+        for stamps in (self._last_ask, self._told):
+            while stamps:
+                key, stamp = next(iter(stamps.items()))
+                if now - stamp < self.cooldown_seconds:
+                    break
+                del stamps[key]

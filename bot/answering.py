@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import discord
 
 from audio.errors import UserFacingError
-from audio.formats import AudioInputError, check_size
+from audio.formats import AudioInputError
 from audio.inference import InferenceError
 from audio.speech import TTSQueueFull, Voice
 from audio.text import defang_links, strip_invisible
@@ -36,7 +35,7 @@ from bot.discord_io import (
     tell,
 )
 from bot.playback import GuildPlayer, Outcome, PlayerClosed, QueueFull
-from bot.services import audio_limits
+from bot.questions import QuestionRefused, QuestionRules, Transcript, looks_like_audio
 from bot.shutdown import REFUSAL
 
 if TYPE_CHECKING:
@@ -55,8 +54,6 @@ OUTCOME_NOTES = {
 }
 SOMETHING_WENT_WRONG = "Something went wrong on my side; please try again."
 SPEECH_BUSY_SECONDS = 30.0  # the wait to announce when the speech queue gives no estimate of its own
-AUDIO_TYPES = ("audio/", "video/ogg", "video/webm", "application/ogg")
-AUDIO_EXTENSIONS = {".ogg", ".oga", ".opus", ".mp3", ".wav", ".flac", ".m4a", ".aac", ".webm"}
 FIELD_LIMIT = 1024
 EmbedMaker = Callable[..., discord.Embed]  # answer_embed with the question and answer bound
 
@@ -133,37 +130,21 @@ class MessageReply:
 
 
 def is_audio(attachment: discord.Attachment) -> bool:
-    """Whether an attachment looks like a recording (by content type, or by extension when there is none)."""
-    if attachment.content_type:
-        return attachment.content_type.startswith(AUDIO_TYPES)
-    return os.path.splitext(attachment.filename)[1].lower() in AUDIO_EXTENSIONS
+    """Whether an attachment looks like a recording."""
+    return looks_like_audio(attachment.filename, attachment.content_type)
 
 
-def clean_question(text: str) -> str:
-    """A typed question or transcript without invisible formatting characters or surrounding spaces."""
-    return strip_invisible(text).strip()
+def check_attachment(attachment: discord.Attachment, rules: QuestionRules) -> None:
+    """Refuse an attachment that can't be a question, before downloading it (`QuestionRules.check_recording`)."""
+    rules.check_recording(attachment.filename, attachment.content_type, attachment.size, attachment.duration)
 
 
-def question_problem(question: str, max_chars: int) -> str | None:
-    """Why a typed question (already cleaned) can't be asked, as a sentence."""
-    if not question:
-        return "Your question is empty: type something to ask."
-    if len(question) > max_chars:
-        return f"Your question is {len(question):,} characters long; please keep it under {max_chars:,}."
-    return None
-
-
-def audio_problem(attachment: discord.Attachment, bot: MagicBot) -> str | None:
+def audio_problem(attachment: discord.Attachment, rules: QuestionRules) -> str | None:
     """Why an attachment can't be used as a question, as a sentence (checked before downloading it)."""
-    if not is_audio(attachment):
-        return "That file isn't audio: attach a voice recording (ogg, mp3, wav, m4a…)."
     try:
-        check_size(attachment.size, audio_limits(bot.settings))
-    except AudioInputError as exc:
+        check_attachment(attachment, rules)
+    except UserFacingError as exc:
         return exc.sentence
-    limit = bot.settings.max_voice_seconds
-    if attachment.duration is not None and attachment.duration > limit:
-        return f"That recording is {attachment.duration:.0f} seconds long; the limit is {limit:g} seconds."
     return None
 
 
@@ -196,15 +177,17 @@ def for_display(text: str) -> str:
     return discord.utils.escape_markdown(defang_links(strip_invisible(text)), ignore_links=False)
 
 
-def answer_embed(
-    question: str, answer: str, *, transcribed: bool, note: str | None = None, cut: int | None = None
-) -> discord.Embed:
-    """The question (or transcript) and the answer; `note` says what went wrong with the voice, `cut` that the
-    transcript was cut to that many characters."""
+def question_label(transcript: Transcript | None, said_by: str | None = None) -> str:
+    """The heading of the question in the answer: what the asker typed, or what the recording's speaker (the
+    asker when None; a display name, never a mention) said, noting a cut transcript."""
+    if transcript is None:
+        return "❓ You asked"
+    return f"🎙️ {for_display(said_by) if said_by else 'You'} said{transcript.note}"
+
+
+def answer_embed(question: str, answer: str, *, label: str, note: str | None = None) -> discord.Embed:
+    """The question (or transcript) under `label`, and the answer; `note` says what went wrong with the voice."""
     embed = discord.Embed(colour=EMBED_COLOUR)
-    label = "🎙️ You said" if transcribed else "❓ You asked"
-    if cut is not None:
-        label += f" (the first {cut:,} characters)"
     embed.add_field(name=label, value=shorten(for_display(question)), inline=False)
     embed.add_field(name="🎱 The ball says", value=shorten(for_display(answer)), inline=False)
     if note:
@@ -222,6 +205,7 @@ class Question:
     source: metrics.Source
     text: str | None = None
     audio: discord.Attachment | None = None
+    said_by: str | None = None  # whose recording `audio` is, when not the asker's own (their display name)
     asked_at: float = field(default_factory=time.perf_counter)
     _revealed: bool = field(default=False, init=False)  # the answer is shown: a later failure keeps it
 
@@ -255,19 +239,21 @@ class Question:
         self._revealed = True
 
     async def _answer(self) -> metrics.Outcome:
-        cut = None
+        transcript = None
         try:
             if self.text is not None:
                 question = self.text
             else:
-                question, cut = await self._transcribe()
+                transcript = await self._transcribe()
+                question = transcript.text
             await self.reply.progress(CONSULTING)
             with metrics.timed("oracle"):
                 answer = await self._inference("llm", self.bot.oracle.answer(question))
         except UserFacingError as exc:
             await self.reply.fail(exc.sentence)
-            return "refused" if isinstance(exc, AudioInputError) else "failed"
-        embed = functools.partial(answer_embed, question, answer, transcribed=self.audio is not None, cut=cut)
+            return "refused" if isinstance(exc, (AudioInputError, QuestionRefused)) else "failed"
+        label = question_label(transcript, self.said_by)
+        embed = functools.partial(answer_embed, question, answer, label=label)
         if not self.bot.speech_status.is_ready:
             await self._reveal(embed(note=self.bot.speech_status.note))
             return "text_only"
@@ -287,8 +273,8 @@ class Question:
             metrics.INFERENCE_ERRORS.labels(service=service, kind=type(exc).__name__).inc()
             raise
 
-    async def _transcribe(self) -> tuple[str, int | None]:
-        """The transcript, cut to MAX_QUESTION_CHARS (and that length when it was cut, else None)."""
+    async def _transcribe(self) -> Transcript:
+        """The recording's transcript, cleaned and cut by the question rules."""
         assert self.audio is not None
         await self.reply.progress(LISTENING)
         async with self.bot.transcriptions:  # bounds the uploads held in memory, all guilds together
@@ -299,11 +285,7 @@ class Question:
                 raise AudioInputError("I couldn't download that recording; please post it again.") from exc
             with metrics.timed("transcription"):
                 text = await self._inference("asr", self.bot.transcriber.transcribe(data, self.audio.filename))
-        text = clean_question(text)
-        if not text:
-            raise AudioInputError("I couldn't make out any words in that recording.")
-        limit = self.bot.settings.max_question_chars
-        return (text, None) if len(text) <= limit else (text[:limit], limit)
+        return self.bot.questions.transcript(text)
 
     async def _speak(
         self, player: GuildPlayer, answer: str, speaker: Voice, embed: EmbedMaker
@@ -363,6 +345,7 @@ async def answer_interaction(
     text: str | None,
     audio: discord.Attachment | None,
     asker_message: discord.Message | None = None,
+    said_by: str | None = None,
 ) -> None:
     """Refuse with an ephemeral sentence, or defer at once and answer."""
     assert interaction.guild_id is not None
@@ -372,7 +355,7 @@ async def answer_interaction(
         await tell(interaction, problem)
         return
     reply = InteractionReply(interaction, asker_message)
-    question = Question(bot, reply, interaction.guild_id, source, text, audio)
+    question = Question(bot, reply, interaction.guild_id, source, text, audio, said_by)
     try:
         await interaction.response.defer(thinking=True)
     except discord.HTTPException as exc:
@@ -388,9 +371,11 @@ async def answer_message(bot: MagicBot, message: discord.Message, permissions: d
     assert message.guild is not None
     reply = MessageReply(message, permissions)
     audio = message.attachments[0]
-    problem = audio_problem(audio, bot) or admit(bot, message.guild.id, message.author.id)
+    problem = audio_problem(audio, bot.questions) or admit(bot, message.guild.id, message.author.id)
     if problem:
         metrics.record_question("voice_message", "refused")
+        if bot.admission.already_told(message.guild.id, message.author.id):
+            return  # the member heard why once this cooldown: more voice messages don't make more public replies
         with contextlib.suppress(discord.HTTPException):
             await reply.fail(problem)
         return

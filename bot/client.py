@@ -31,7 +31,7 @@ from bot.metrics import observe
 from bot.monitoring import MonitoringServer
 from bot.playback import Players, estimate_seconds
 from bot.presets import PRESETS
-from bot.services import build_oracle, build_speech_engine, build_transcriber
+from bot.services import build_oracle, build_speech_engine, build_transcriber, question_rules
 from bot.settings import Settings
 from bot.shutdown import InFlight
 from bot.store import GuildStore
@@ -117,8 +117,11 @@ class MagicBot(commands.AutoShardedBot):
         self.settings = settings
         self.oracle = oracle
         self.transcriber = transcriber
-        self.store = GuildStore(settings.database_url.get_secret_value())
+        self.store = GuildStore(
+            settings.database_url.get_secret_value(), connect_seconds=settings.database_connect_seconds
+        )
         self.admission = Admission(settings.cooldown_seconds, settings.guild_concurrency)
+        self.questions = question_rules(settings)
         self.transcriptions = asyncio.Semaphore(settings.max_concurrent_transcriptions)
         self.speech: SpeechScheduler | None = None
         self.sample_rate = 0

@@ -12,6 +12,7 @@ from audio.inference import RetryPolicy, is_hf_host
 from audio.oracle import Oracle, OracleConfig
 from audio.speech import SpeechEngine, TTSConfig, load_engine
 from audio.speech.remote import RemoteConfig, RemoteEngine
+from bot.questions import QuestionRules
 from bot.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,11 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 def audio_limits(settings: Settings) -> AudioLimits:
     """Limits on uploaded questions."""
     return AudioLimits(max_bytes=settings.max_voice_bytes, max_seconds=settings.max_voice_seconds)
+
+
+def question_rules(settings: Settings) -> QuestionRules:
+    """The cleaning and limits every question passes, in Discord and on the command line."""
+    return QuestionRules(settings.max_question_chars, audio_limits(settings))
 
 
 def build_oracle(settings: Settings) -> Oracle:

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     shard_count: int | None = Field(None, ge=1)
     shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
     metrics_port: int | None = Field(None, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # this machine only; 0.0.0.0 exposes it (no authentication)
     log_format: Literal["text", "json"] = "text"
 
     @field_validator("shard_ids", mode="before")
@@ -113,6 +113,9 @@ class Settings(BaseSettings):
 
     # Graceful shutdown: on SIGTERM, seconds until the process has exited (answers in flight get two thirds).
     shutdown_seconds: float = Field(15.0, gt=0)
+
+    # At start-up, seconds to keep retrying a database that can't be reached yet (e.g. starting with the bot).
+    database_connect_seconds: float = Field(30.0, ge=0)
 
 
 @lru_cache(maxsize=1)

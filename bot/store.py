@@ -5,11 +5,19 @@ bot processes can share. Alembic owns the schema (`bot.migrations`): `open()` up
 Writes are single atomic statements (upserts, conditional inserts and deletes), so processes changing the same
 guild at once lose nothing. Listening channels are cached in memory because every posted message is checked
 against them; a guild belongs to one process (its shard), which keeps its cache current.
+
+PostgreSQL connections are checked before each use (`pool_pre_ping`), so the first query after a database restart
+gets a new connection instead of failing; at start-up, `open()` waits up to DATABASE_CONNECT_SECONDS for a server
+that is still starting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +30,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bot import migrations
 
+log = logging.getLogger(__name__)
+
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # dialects with INSERT ... ON CONFLICT
+CONNECT_TIMEOUT = 10.0  # seconds one attempt to connect to PostgreSQL may take
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)  # backoff between start-up attempts; the last one repeats
+HEALTH_TIMEOUT = 5.0  # seconds a health probe waits for the database
+HEALTH_CACHE_SECONDS = 5.0  # how long a probe's result answers health checks
+# SQLSTATEs of failures that pass by themselves: connection exceptions (class 08), "the database system is
+# starting up / shutting down" (57P03).
+_TRANSIENT_STATES = ("08", "57P03")
 
 
 class _Base(DeclarativeBase):
@@ -60,6 +77,19 @@ def _reason(exc: BaseException) -> str:
     return lines[0].rstrip(".") if lines else type(cause).__name__
 
 
+def _transient(exc: BaseException) -> bool:
+    """Whether a failure to reach the database may pass by itself (the server is starting, restarting or not
+    reachable yet), as opposed to a wrong URL, password or file."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc.orig, (OSError, asyncio.TimeoutError)):
+            return True
+        state = getattr(exc.orig, "sqlstate", None) or ""
+        return state.startswith(_TRANSIENT_STATES)
+    return False
+
+
 def _shown(url: str) -> str:
     """The URL with its password hidden, for messages."""
     try:
@@ -69,20 +99,28 @@ def _shown(url: str) -> str:
 
 
 class GuildStore:
-    """Async access to per-guild settings; `open()` before use, `close()` at shutdown."""
+    """Async access to per-guild settings; `open()` before use, `close()` at shutdown.
 
-    def __init__(self, url: str) -> None:
+    `connect_seconds` (DATABASE_CONNECT_SECONDS) is how long `open()` keeps retrying a database that can't be
+    reached yet; `clock` (injectable for tests) times the cached health probe.
+    """
+
+    def __init__(self, url: str, *, connect_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
+        self.connect_seconds = connect_seconds
+        self._clock = clock
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker | None = None
         self._listening: dict[int, int] = {}  # channel id → guild id
+        self._probe = asyncio.Lock()  # one health probe at a time
+        self._health: tuple[float, bool] | None = None  # when the last probe ended, and its result
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """Turn a database failure into `DatabaseUnavailable` naming DATABASE_URL (its password hidden)."""
         try:
             yield
-        except (SQLAlchemyError, OSError, ModuleNotFoundError, migrations.MigrationError) as exc:
+        except (SQLAlchemyError, OSError, asyncio.TimeoutError, ModuleNotFoundError, migrations.MigrationError) as exc:
             message = f"The database in DATABASE_URL ({_shown(self.url)}) can't be used: {_reason(exc)}."
             raise DatabaseUnavailable(message) from exc
 
@@ -96,7 +134,11 @@ class GuildStore:
                 )
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine = create_async_engine(self.url)
+            # A server's connections can die under the pool (a restart): check each before use, and bound connecting.
+            server = {"pool_pre_ping": True, "connect_args": {"timeout": CONNECT_TIMEOUT}}
+            self._engine = create_async_engine(
+                self.url, **(server if parsed.get_backend_name() == "postgresql" else {})
+            )
             self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
 
     async def upgrade(self) -> str:
@@ -109,10 +151,30 @@ class GuildStore:
         with self._errors():
             return await migrations.current(self._connected())
 
+    async def wait_until_reachable(self) -> None:
+        """Connect once, retrying failures that may pass by themselves (a server still starting) with backoff for
+        up to `connect_seconds`; then the last failure is `DatabaseUnavailable`."""
+        deadline = time.monotonic() + self.connect_seconds
+        for attempt in itertools.count():
+            try:
+                async with self._connected().connect() as connection:
+                    await connection.execute(select(1))
+                return
+            except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+                left = deadline - time.monotonic()
+                if not _transient(exc) or left <= 0:
+                    with self._errors():
+                        raise
+                delay = min(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)], left)
+                log.warning("The database can't be reached yet (%s); trying again for up to %.1f s", _reason(exc), left)
+                await asyncio.sleep(delay)
+
     async def open(self) -> None:
-        """Connect, upgrade the schema and load the listening channels."""
+        """Connect (waiting up to `connect_seconds` for the server), upgrade the schema and load the listening
+        channels."""
         try:
             await self.connect()
+            await self.wait_until_reachable()
             await self.upgrade()
             with self._errors():
                 async with self._session_factory()() as session:
@@ -127,6 +189,7 @@ class GuildStore:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        self._health = None
 
     def _connected(self) -> AsyncEngine:
         if self._engine is None:
@@ -179,15 +242,28 @@ class GuildStore:
         return sorted(c for c, g in self._listening.items() if g == guild_id)
 
     async def ping(self) -> bool:
-        """Whether the database answers `SELECT 1` now (False when it is closed or unreachable)."""
-        if self._engine is None:
+        """Whether the database answers a read of a table (False when it is closed, unreachable, locked or slower
+        than HEALTH_TIMEOUT). One probe runs at a time and its result stands for HEALTH_CACHE_SECONDS, so health
+        checks hold at most one pooled connection, however often they come."""
+        engine = self._engine
+        if engine is None:
             return False
-        try:
-            async with self._engine.connect() as conn:
-                await conn.execute(select(1))
-        except Exception:  # any failure (network, authentication, a broken file) means it does not answer
-            return False
-        return True
+        async with self._probe:
+            if self._health is not None and self._clock() - self._health[0] < HEALTH_CACHE_SECONDS:
+                return self._health[1]
+            try:
+                await asyncio.wait_for(self._read_a_table(engine), HEALTH_TIMEOUT)
+            except Exception:  # any failure (network, authentication, a lock, a broken file): it does not answer
+                healthy = False
+            else:
+                healthy = True
+            self._health = (self._clock(), healthy)
+            return healthy
+
+    @staticmethod
+    async def _read_a_table(engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            await conn.execute(select(GuildSettings.guild_id).limit(1))
 
     async def forget_guild(self, guild_id: int) -> None:
         """Delete everything stored about a guild (the bot was removed from it)."""

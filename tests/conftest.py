@@ -49,7 +49,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
 @pytest.fixture(autouse=True)
 def _restored_logging() -> Iterator[None]:
     """Undo the bot's logging set-up after each test: its handlers write to that test's captured stderr, which
-    is closed once the test ends."""
+    is closed once the test ends; warnings go back to being printed."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
@@ -57,6 +57,7 @@ def _restored_logging() -> Iterator[None]:
         if handler not in handlers and type(handler) is logging.StreamHandler:  # not pytest's capture handlers
             root.removeHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.answering import answer_interaction, audio_problem, clean_question, is_audio, question_problem
+from audio.errors import UserFacingError
+from bot.answering import answer_interaction, audio_problem, check_attachment, is_audio
+from bot.questions import QuestionRefused
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -37,25 +39,29 @@ class AskCog(commands.Cog, name="Ask"):
         question: str | None = None,
         audio: discord.Attachment | None = None,
     ) -> None:
-        if question is not None:
-            question = clean_question(question)
-        if question is not None and audio is None:
-            problem = question_problem(question, self.bot.settings.max_question_chars)
-        elif audio is not None and question is None:
-            problem = audio_problem(audio, self.bot)
-        else:
-            problem = "Ask with either a typed question or an audio recording (one of the two)."
-        await answer_interaction(self.bot, interaction, "slash", problem, question or None, audio)
+        problem = None
+        try:
+            if (question is None) == (audio is None):
+                raise QuestionRefused("Ask with either a typed question or an audio recording (one of the two).")
+            if question is not None:
+                question = self.bot.questions.typed(question)
+            if audio is not None:
+                check_attachment(audio, self.bot.questions)
+        except UserFacingError as exc:
+            problem = exc.sentence
+        await answer_interaction(self.bot, interaction, "slash", problem, question, audio)
 
     async def ask_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        """The "Ask the Magic 8 Ball" message command: answers the voice message (or audio file) in it."""
+        """The "Ask the Magic 8 Ball" message command: answers the voice message (or audio file) in it, labelled
+        with its author's name when that is another member."""
         audio = next((a for a in message.attachments if is_audio(a)), None)
         problem = (
             "That message has no voice message or audio file to answer."
             if audio is None
-            else audio_problem(audio, self.bot)
+            else audio_problem(audio, self.bot.questions)
         )
-        await answer_interaction(self.bot, interaction, "menu", problem, None, audio, message)
+        said_by = None if message.author.id == interaction.user.id else message.author.display_name
+        await answer_interaction(self.bot, interaction, "menu", problem, None, audio, message, said_by)
 
 
 async def setup(bot: MagicBot) -> None:

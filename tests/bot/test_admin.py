@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tests.bot.helpers import (
     running_bot,
     spoken_question,
 )
+from tests.emulator.records import MessageRecord
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(90)
@@ -98,6 +100,33 @@ async def test_voice_messages_are_answered_in_listening_channels(
         disabled = await scene.command("channels disable", {}, user=scene.mod)
         await disabled.wait_for(lambda r: r.followups, 10)
         assert disabled.followups[0].body["content"] == f"🔕 I no longer answer voice messages in <#{scene.text.id}>."
+
+
+async def test_refusals_of_voice_messages_are_said_once_per_cooldown(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, ffmpeg: str
+) -> None:
+    settings = make_settings(tmp_path, asr_base_url=f"{fake_inference.url}/asr", cooldown_seconds=600)
+    recording = spoken_question(ffmpeg)
+
+    def replies_to(message_id: int) -> Callable[[MessageRecord], bool]:
+        return lambda m: bool(m.message_reference) and int(m.message_reference["message_id"]) == message_id
+
+    async with running_bot(scene.emu, settings, tts=SineEngine()) as bot:
+        await bot.store.enable_channel(scene.guild.id, scene.text.id)
+        asked = await scene.post_voice_message(recording)
+        await scene.emu.wait_for_message(scene.text.id, lambda m: replies_to(asked.id)(m) and bool(m.embeds), 30)
+        refused = [await scene.post_voice_message(recording) for _ in range(4)]
+        told = await scene.emu.wait_for_message(scene.text.id, replies_to(refused[0].id), 30)
+        assert re.fullmatch(r"Slow down: you can ask again in \d+ seconds\.", told.content)
+        other = await scene.emu.post_message(
+            scene.text.id,
+            scene.mod.id,
+            attachments=[("voice-message.ogg", recording, "audio/ogg")],
+            voice=True,
+            duration_secs=1.5,
+        )  # handled after alice's, and answered: others are not held back
+        await scene.emu.wait_for_message(scene.text.id, lambda m: replies_to(other.id)(m) and bool(m.embeds), 30)
+        assert not [m for m in scene.bot_messages() if any(replies_to(r.id)(m) for r in refused[1:])]
 
 
 async def test_previews_pass_the_cooldown_and_a_full_speech_queue_says_when_to_retry(

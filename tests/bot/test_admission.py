@@ -68,3 +68,22 @@ def test_a_busy_guild_is_told_a_wait_learned_from_answers() -> None:
         assert admission.admit(1, 100) is None
     refusal = admission.admit(1, 101)
     assert refusal == "The ball is already pondering a question in this server; ask again in about 3 seconds."
+
+
+def test_a_refused_member_is_told_once_per_cooldown() -> None:
+    clock = Clock()
+    admission = Admission(cooldown_seconds=10, per_guild=5, clock=clock)
+    assert admission.admit(1, 100) is None
+    assert admission.admit(1, 100) is not None
+    assert not admission.already_told(1, 100)  # the first refusal is said
+    clock.now += 5
+    assert admission.already_told(1, 100) and admission.already_told(1, 100)  # the rest are not
+    assert not admission.already_told(1, 101) and not admission.already_told(2, 100)  # others are told
+    clock.now += 5
+    assert admission.admit(1, 100) is None  # the cooldown is over: a new one starts
+    clock.now += 1
+    assert not admission.already_told(1, 100)  # and its first refusal is said again
+    admission.forget_guild(1)
+    assert admission.tracked_members == 1  # guild 2's member only
+    clock.now += 10
+    assert admission.tracked_members == 0

@@ -167,9 +167,14 @@ async def test_context_menu_answers_a_voice_message(
             scene.guild.id, scene.text.id, scene.mod.id, "Ask the Magic 8 Ball", asked
         )
         await record.wait_for(answered, 30)
-        assert fields(final_embed(record))["🎙️ You said"] == fake_inference.transcript
+        assert fields(final_embed(record))["🎙️ alice said"] == fake_inference.transcript  # named, not mentioned
         reply = await scene.emu.wait_for_message(scene.text.id, lambda m: m.voice)
         assert int(reply.message_reference["message_id"]) == asked.id
+        own = await scene.emu.message_command(
+            scene.guild.id, scene.text.id, scene.alice.id, "Ask the Magic 8 Ball", asked
+        )
+        await own.wait_for(answered, 30)
+        assert fields(final_embed(own))["🎙️ You said"] == fake_inference.transcript
 
 
 async def test_context_menu_refuses_messages_without_usable_audio(scene: Scene, tmp_path: Path) -> None:

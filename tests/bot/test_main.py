@@ -78,6 +78,23 @@ async def test_a_corrupt_database_at_start_up_is_one_sentence(emulator: DiscordE
     )
 
 
+async def test_an_unreachable_database_at_start_up_is_retried_then_one_sentence(
+    emulator: DiscordEmulator, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": "postgresql+asyncpg://bot:pw@127.0.0.1:1/bot", "DATABASE_CONNECT_SECONDS": "1"}
+    async with spawn(emulator, tmp_path, env) as process:
+        assert process.stderr is not None
+        stderr = (await asyncio.wait_for(process.stderr.read(), 60)).decode()
+        assert await asyncio.wait_for(process.wait(), 30) == 2
+    *logged, error = stderr.splitlines()
+    assert any("The database can't be reached yet" in line for line in logged)
+    assert "Traceback" not in stderr
+    assert error == (
+        "error: The database in DATABASE_URL (postgresql+asyncpg://bot:***@127.0.0.1:1/bot) can't be used: "
+        "[Errno 111] Connect call failed ('127.0.0.1', 1)."
+    )
+
+
 def test_ask_offline_prints_a_classic_answer(tmp_path: Path) -> None:
     result = run_cli("ask", "Should I adopt a dog?", env={}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

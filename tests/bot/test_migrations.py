@@ -102,7 +102,7 @@ def db_command(action: str, url: str, cwd: Path) -> subprocess.CompletedProcess[
     clean = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     return subprocess.run(
         [sys.executable, "-m", "bot", "db", action],
-        env={**clean, "PYTHONPATH": str(ROOT), "DATABASE_URL": url},
+        env={**clean, "PYTHONPATH": str(ROOT), "DATABASE_URL": url, "DATABASE_CONNECT_SECONDS": "0.3"},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -122,4 +122,6 @@ def test_db_commands_for_operators(tmp_path: Path) -> None:
 
     broken = db_command("upgrade", "postgresql+asyncpg://bot:pg_secret@127.0.0.1:1/bot", tmp_path)
     assert broken.returncode == 2 and "Traceback" not in broken.stderr and "pg_secret" not in broken.stderr
-    assert broken.stderr.startswith("error: The database in DATABASE_URL (postgresql+asyncpg://bot:***@127.0.0.1:1")
+    *retries, error = broken.stderr.splitlines()  # it waited DATABASE_CONNECT_SECONDS for the server
+    assert retries and all("The database can't be reached yet" in line for line in retries)
+    assert error.startswith("error: The database in DATABASE_URL (postgresql+asyncpg://bot:***@127.0.0.1:1")

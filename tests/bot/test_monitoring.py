@@ -56,3 +56,13 @@ async def test_speech_slots_and_queue_are_read_at_each_scrape(tmp_path: Path) ->
 def test_shards_not_launched_yet_are_disconnected(tmp_path: Path) -> None:
     assert disconnected_shards(build_bot(make_settings(tmp_path, shard_count=4, shard_ids=(2, 3)))) == [2, 3]
     assert disconnected_shards(build_bot(make_settings(tmp_path))) == [0]
+
+
+async def test_metrics_listen_on_this_machine_only_by_default(tmp_path: Path) -> None:
+    bot = build_bot(make_settings(tmp_path))
+    port = await bot.monitoring.start(bot.settings.metrics_host, 0)
+    try:
+        assert bot.monitoring._runner is not None
+        assert [address[:2] for address in bot.monitoring._runner.addresses] == [("127.0.0.1", port)]
+    finally:
+        await bot.monitoring.stop()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from bot.presets import DEFAULT_PRESET, PRESETS, find_preset, search_presets
-from bot.store import DatabaseUnavailable, GuildStore
+from bot.store import HEALTH_CACHE_SECONDS, DatabaseUnavailable, GuildStore
+from tests.bot.doubles import until
+from tests.fakes.postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,20 +84,86 @@ def test_presets_cover_the_named_speakers() -> None:
 async def test_a_corrupt_sqlite_file_is_one_sentence_naming_database_url(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
     path.write_bytes(b"this is not a database, just some bytes" * 100)
-    with pytest.raises(DatabaseUnavailable) as caught:
-        await GuildStore(f"sqlite+aiosqlite:///{path}").open()
+    with pytest.raises(DatabaseUnavailable) as caught:  # at once: a broken file does not mend itself
+        await GuildStore(f"sqlite+aiosqlite:///{path}", connect_seconds=600).open()
     message = str(caught.value)
     assert message.startswith("The database in DATABASE_URL (sqlite+aiosqlite:///")
     assert message.endswith("can't be used: file is not a database.") and "\n" not in message
 
 
-async def test_an_unreachable_server_hides_the_password() -> None:
+async def test_an_unreachable_server_is_retried_then_one_sentence_hiding_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     url = "postgresql+asyncpg://bot:hunter2secret@127.0.0.1:1/bot"
     with pytest.raises(DatabaseUnavailable) as caught:
-        await GuildStore(url).open()
+        await GuildStore(url, connect_seconds=0.5).open()
     message = str(caught.value)
     assert "DATABASE_URL (postgresql+asyncpg://bot:***@127.0.0.1:" in message
     assert "hunter2secret" not in message and "\n" not in message
+    retries = [r.getMessage() for r in caplog.records if r.name == "bot.store"]
+    assert retries
+    assert all(m.startswith("The database can't be reached yet (") and "Connect call failed" in m for m in retries)
+
+
+async def test_the_first_query_after_a_database_restart_succeeds(own_postgres_server: PostgresServer) -> None:
+    server = own_postgres_server
+    await asyncio.to_thread(server.start)
+    store = GuildStore(server.url())
+    await store.open()
+    try:
+        await store.set_voice_preset(1, "Laura")  # its connection stays in the pool
+        await asyncio.to_thread(server.restart)
+        assert await store.voice_preset(1) == "Laura"
+        await store.set_voice_preset(1, "Jon")
+        assert await store.voice_preset(1) == "Jon"
+    finally:
+        await store.close()
+
+
+async def test_start_up_waits_for_a_database_that_starts_late(
+    own_postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = own_postgres_server
+    await asyncio.to_thread(server.init)
+    store = GuildStore(server.url(), connect_seconds=120)
+    opening = asyncio.create_task(store.open())
+    try:
+        await until(lambda: "can't be reached yet" in caplog.text, 30)
+        assert not opening.done()
+        await asyncio.to_thread(server.run_server)
+        await asyncio.wait_for(opening, 60)
+        assert await store.enable_channel(1, 10) and store.is_listening(10)
+    finally:
+        opening.cancel()
+        await store.close()
+
+
+async def test_health_reads_a_table_once_per_interval_and_a_locked_sqlite_file_is_unhealthy(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    now = 0.0
+    store = GuildStore(f"sqlite+aiosqlite:///{path}", clock=lambda: now)
+    await store.open()
+    reads: list[str] = []
+    event.listen(
+        store._connected().sync_engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: reads.append(statement) if "guild_settings" in statement else None,
+    )
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert await asyncio.gather(*(store.ping() for _ in range(5))) == [True] * 5
+        assert len(reads) == 1  # concurrent checks share one probe
+        locker.execute("BEGIN EXCLUSIVE")  # `SELECT 1` still succeeds; reads and writes wait, then fail
+        now += HEALTH_CACHE_SECONDS
+        assert not await store.ping()
+        locker.execute("ROLLBACK")
+        assert not await store.ping()  # the last probe's result, until the interval is over
+        now += HEALTH_CACHE_SECONDS
+        assert await store.ping()
+        assert len(reads) == 3
+    finally:
+        locker.close()
+        await store.close()
 
 
 async def test_other_databases_are_refused_in_one_sentence() -> None:

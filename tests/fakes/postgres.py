@@ -63,14 +63,34 @@ class PostgresServer:
             raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}\n{tail}")
 
     def start(self) -> None:
+        """Create the cluster and start the server."""
+        self.init()
+        self.run_server()
+
+    def init(self) -> None:
+        """Create the cluster (not running yet)."""
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def run_server(self) -> None:
+        """Start the server on the cluster and wait until it accepts connections."""
         options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off -c max_connections=50"
         pg_ctl = str(self.bindir / "pg_ctl")
         self._run(pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
 
+    def stop_server(self) -> None:
+        """Stop the server (fast: open connections are closed), keeping the cluster."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        """Stop and start the server: every connection a client held is gone."""
+        self.stop_server()
+        self.run_server()
+
     def stop(self) -> None:
+        """Stop the server (if it runs) and delete the cluster."""
         try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            if (self.data / "postmaster.pid").exists():
+                self.stop_server()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -88,6 +108,19 @@ class PostgresServer:
         finally:
             await connection.close()
         return self.url(name)
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PostgresServer]:
+    """A server of the test's own, created but not started (the test starts, restarts or stops it)."""
+    bindir = server_bindir()
+    if bindir is None:
+        pytest.skip(SKIP_REASON)
+    server = PostgresServer(bindir)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
