@@ -344,8 +344,8 @@ class DaveCall:
         self.protocol_version = PROTOCOL_VERSION
         self._reset_group()
         for participant in self.participants.values():
-            participant.post_binary(EXTERNAL_SENDER, self.external_sender.package)
             participant.post_json(PREPARE_EPOCH, {"protocol_version": PROTOCOL_VERSION, "epoch": 1})
+            participant.post_binary(EXTERNAL_SENDER, self.external_sender.package)
 
     # -- media ----------------------------------------------------------------------------------------
     def hear(self, sender_id: int, frame: bytes) -> tuple[str, bytes, bool]:

@@ -4,7 +4,6 @@ who can only hear the bot when the group really formed."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -154,3 +153,154 @@ async def test_bot_joining_an_established_group_is_welcomed(
     assert all(p.e2e == E2E for p in _audio(emulator, guild))
     members = {m.user_id: m for m in call.far_end}
     assert set(members[bob].heard[client.user.id].outcomes) == {E2E}  # every member hears it, not only the first
+
+
+async def _heard(emulator: DiscordEmulator, guild: GuildState, count: int) -> int:
+    """Wait until ``count`` audio packets arrived; return how many packets there are."""
+    await emulator.wait_for(lambda: len(_audio(emulator, guild)) >= count, 30, f"{count} audio packets")
+    return len(emulator.voice(guild.id).packets)
+
+
+async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_it(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+) -> None:
+    _sine(tmp_path / "sine.wav", 3.0)
+    call = emulator.call(_lounge(guild))
+    async with emulator.run_client(Bot(emulator)) as client:
+        (alice,) = await _seat(emulator, guild, "alice")
+        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+        await _secured(emulator, call, client.user.id, alice)
+        async with _playing(voice_client, tmp_path / "sine.wav") as done:
+            await _heard(emulator, guild, 25)
+            (bob,) = await _seat(emulator, guild, "bob")
+            await _secured(emulator, call, client.user.id, alice, bob)
+            assert not done.is_set()  # the bot was still speaking
+        await voice_client.disconnect()
+    assert [c.user_id for c in call.commits if c.accepted][:2] == [client.user.id] * 2  # bob's add too
+    assert all(p.e2e == E2E for p in _audio(emulator, guild))  # alice heard all of it through the change
+    bob_heard = {m.user_id: m for m in call.far_end}[bob].heard[client.user.id].since_first_e2e
+    assert len(bob_heard) >= 25 and set(bob_heard) == {E2E}
+
+
+async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+) -> None:
+    _sine(tmp_path / "sine.wav", 3.0)
+    call = emulator.call(_lounge(guild))
+    async with emulator.run_client(Bot(emulator)) as client:
+        alice, bob = await _seat(emulator, guild, "alice", "bob")
+        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+        await _secured(emulator, call, client.user.id, alice, bob)
+        epoch = call.epoch
+        async with _playing(voice_client, tmp_path / "sine.wav") as done:
+            await _heard(emulator, guild, 25)
+            await emulator.set_voice_state(guild.id, bob, None)
+            await emulator.wait_for(lambda: call.epoch > epoch and call.secured, 20, "bob's removal")
+            assert not done.is_set()
+        await voice_client.disconnect()
+    assert call.commits[-1].user_id == client.user.id  # the bot committed the removal
+    assert bob not in call.participants
+    assert all(p.e2e == E2E for p in _audio(emulator, guild))
+
+
+async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+) -> None:
+    _sine(tmp_path / "sine.wav", 4.0)
+    call = emulator.call(_lounge(guild))
+    async with emulator.run_client(Bot(emulator)) as client:
+        (alice,) = await _seat(emulator, guild, "alice")
+        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+        await _secured(emulator, call, client.user.id, alice)
+        async with _playing(voice_client, tmp_path / "sine.wav") as done:
+            await _heard(emulator, guild, 25)
+            transition = call.send_bad_commit(client.user.id)
+            await emulator.wait_for(lambda: (client.user.id, transition) in call.invalid_reports, 20, "op 31")
+            await emulator.wait_for(lambda: call.epoch >= 3, 20, "the bot's removal and return")
+            await _secured(emulator, call, client.user.id, alice)
+            recovered = await _heard(emulator, guild, len(_audio(emulator, guild)) + 25)
+            assert not done.is_set()
+        await voice_client.disconnect()
+    committers = [c.user_id for c in call.commits if c.accepted]
+    assert committers[0] == client.user.id and committers[1:3] == [alice, alice]  # removal, then the re-add
+    after = _audio(emulator, guild, recovered - 25)
+    assert len(after) >= 20 and all(p.e2e == E2E for p in after)
+
+
+async def test_a_downgrade_to_transport_encryption_and_back(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+) -> None:
+    _sine(tmp_path / "sine.wav", 5.0)
+    call = emulator.call(_lounge(guild))
+    async with emulator.run_client(Bot(emulator)) as client:
+        (alice,) = await _seat(emulator, guild, "alice")
+        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+        await _secured(emulator, call, client.user.id, alice)
+        async with _playing(voice_client, tmp_path / "sine.wav") as done:
+            await _heard(emulator, guild, 20)
+            transition = call.downgrade()
+            await emulator.wait_for(lambda: (transition, 0) in call.executed, 20, "the downgrade")
+            downgraded = await _heard(emulator, guild, len(_audio(emulator, guild)) + 5)
+            upgrading = await _heard(emulator, guild, len(_audio(emulator, guild)) + 20)
+            assert voice_client.voice_privacy_code is None or call.protocol_version == 0
+            call.upgrade()
+            await _secured(emulator, call, client.user.id, alice)
+            upgraded = await _heard(emulator, guild, len(_audio(emulator, guild)) + 20)
+            assert not done.is_set()
+        await voice_client.disconnect()
+    packets = emulator.voice(guild.id).packets
+    plain = [p for p in packets[downgraded:upgrading] if not p.silence]
+    assert plain and all(p.e2e == PASSTHROUGH and not p.frame.endswith(b"\xfa\xfa") for p in plain)
+    assert all(p.e2e == E2E for p in _audio(emulator, guild, upgraded - 20))
+
+
+async def test_the_far_end_hears_nothing_when_the_bot_is_never_welcomed(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+) -> None:
+    _sine(tmp_path / "sine.wav", 1.0)
+    call = emulator.call(_lounge(guild))
+    async with emulator.run_client(Bot(emulator)) as client:
+        alice, bob = await _seat(emulator, guild, "alice", "bob")
+        await _secured(emulator, call, alice, bob)
+        call.withheld_welcomes.add(client.user.id)
+        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+        await emulator.wait_for(lambda: client.user.id in call.members, 20, "the commit adding the bot")
+        async with _playing(voice_client, tmp_path / "sine.wav"):
+            pass
+        await emulator.voice(guild.id).wait_for_utterances(1)
+        await voice_client.disconnect()
+    audio = _audio(emulator, guild)
+    assert len(audio) >= 40 and all(p.e2e == UNDECRYPTABLE for p in audio)
+    for member in call.far_end:
+        assert set(member.heard[client.user.id].outcomes) == {UNDECRYPTABLE}
+
+
+async def test_version_0_is_transport_encryption_only(tmp_path: Path) -> None:
+    _sine(tmp_path / "sine.wav", 0.5)
+    async with DiscordEmulator(dave=False) as emulator:
+        guild = emulator.add_guild("Plain Guild")
+        lounge = guild.add_voice_channel("Lounge")
+        alice = guild.add_member("alice")
+        with emulator.patch():
+            async with emulator.run_client(Bot(emulator)) as client:
+                await emulator.set_voice_state(guild.id, alice.id, lounge.id)
+                voice_client = await client.get_channel(lounge.id).connect(timeout=10)
+                async with _playing(voice_client, tmp_path / "sine.wav"):
+                    pass
+                await emulator.voice(guild.id).wait_for_utterances(1)
+                code = voice_client.voice_privacy_code
+                await voice_client.disconnect()
+    assert code is None
+    audio = _audio(emulator, guild)
+    assert audio and all(p.e2e == PLAIN and p.payload == p.frame for p in audio)
+    assert emulator.call(lounge.id).commits == [] and emulator.call(lounge.id).protocol_version == 0
+
+
+async def test_a_client_without_dave_is_closed_with_4017(
+    emulator: DiscordEmulator, guild: GuildState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord.voice_state.VoiceConnectionState, "max_dave_protocol_version", property(lambda s: 0))
+    async with emulator.run_client(Bot(emulator)) as client:
+        with pytest.raises(discord.errors.ConnectionClosed):
+            await client.get_channel(_lounge(guild)).connect(timeout=10, reconnect=False)
+    assert emulator.voice(guild.id).refusals == [4017] and not emulator.voice(guild.id).connections

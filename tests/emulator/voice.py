@@ -239,6 +239,7 @@ class VoiceRecord:
         self.blackhole = False
         self.dropped = 0
         self.decrypt_failures = 0
+        self.refusals: list[int] = []  # close codes of identifies refused before a connection was made
 
     @property
     def connection(self) -> VoiceConnectionRecord | None:
@@ -551,6 +552,7 @@ class VoiceServer:
             await self._close(ws, 4006)  # session no longer valid
             return None
         if self.dave and int(data.get("max_dave_protocol_version") or 0) < PROTOCOL_VERSION:
+            self.record(allocation.guild_id).refusals.append(4017)
             await self._close(ws, 4017)  # E2EE/DAVE protocol required
             return None
         loop = asyncio.get_running_loop()
