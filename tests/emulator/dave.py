@@ -120,8 +120,9 @@ class DaveCall:
 
     @property
     def privacy_code(self) -> str | None:
-        """The voice privacy code the far-end members' sessions show (None before a group formed)."""
-        codes = {m.session.voice_privacy_code for m in self.far_end if m.session is not None}
+        """The voice privacy code the sessions of the far-end members in the group show (None without a group, or
+        when they disagree)."""
+        codes = {m.session.voice_privacy_code for m in self.far_end if m.session and m.user_id in self.members}
         return codes.pop() if len(codes) == 1 else None
 
     def _committing(self, user_id: int) -> bool:
@@ -271,9 +272,12 @@ class DaveCall:
         return CommitOutcome(user_id, True, transition_id=transition_id)
 
     # -- transitions ----------------------------------------------------------------------------------
-    def _new_transition(self, protocol_version: int, waiting: set[int]) -> int:
+    def _next_transition_id(self) -> int:
         self._last_transition = self._last_transition % 0xFFFF + 1
-        transition_id = self._last_transition
+        return self._last_transition
+
+    def _new_transition(self, protocol_version: int, waiting: set[int]) -> int:
+        transition_id = self._next_transition_id()
         transition = _Transition(protocol_version, waiting)
         transition.timer = asyncio.get_running_loop().call_later(self._timeout, self._execute, transition_id)
         self._transitions[transition_id] = transition
@@ -328,7 +332,7 @@ class DaveCall:
     # -- faults and version changes ------------------------------------------------------------------
     def send_bad_commit(self, user_id: int) -> int:
         """Announce a commit that cannot be processed to one participant; return its transition id."""
-        transition_id = self._new_transition(PROTOCOL_VERSION, set())
+        transition_id = self._next_transition_id()
         self.participants[user_id].post_binary(ANNOUNCE_COMMIT, struct.pack(">H", transition_id) + b"\x00\x01bad")
         return transition_id
 
