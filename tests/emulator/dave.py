@@ -432,7 +432,10 @@ class FarEndMember:
     async def _run(self) -> None:
         while True:
             op, data = await self._queue.get()
-            self._handle(op, data)
+            try:
+                self._handle(op, data)
+            except Exception as error:  # kept for the test to see, instead of a member that silently stops
+                self.errors.append(f"op {op}: {error!r}")
 
     def _handle(self, op: int, data: Json | bytes) -> None:
         """Process a frame as a DAVE client does (discord.py 2.7.1's voice websocket is the model)."""
