@@ -4,20 +4,18 @@ who can only hear the bot when the group really formed."""
 from __future__ import annotations
 
 import asyncio
-import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import discord
 import imageio_ffmpeg
-import numpy as np
 import pytest
 
 from tests.emulator import DiscordEmulator, GuildState
 from tests.emulator.dave import E2E, PASSTHROUGH, PLAIN, UNDECRYPTABLE, DaveCall
 from tests.emulator.mls import ExternalSender, Reader, split_commit_welcome, vector
-from tests.emulator.test_emulator import Bot, _best_correlation
+from tests.emulator.test_emulator import Bot, _best_correlation, _write_sine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,17 +35,6 @@ def _lounge(guild: GuildState) -> int:
 
 def _member(guild: GuildState, name: str) -> int:
     return next(m.id for m in guild.members.values() if m.user.name == name)
-
-
-def _sine(path: Path, seconds: float) -> np.ndarray:
-    t = np.arange(int(48000 * seconds)) / 48000
-    samples = 0.5 * np.sin(2 * np.pi * 440.0 * t)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(48000)
-        out.writeframes((samples * 32767).astype("<i2").tobytes())
-    return samples
 
 
 @asynccontextmanager
@@ -73,8 +60,22 @@ async def _secured(emulator: DiscordEmulator, call: DaveCall, *users: int) -> No
     await emulator.wait_for(lambda: call.secured and set(users) <= set(call.members), 20, f"a group of {users}")
 
 
-def _audio(emulator: DiscordEmulator, guild: GuildState, start: int = 0) -> list:
-    return [p for p in emulator.voice(guild.id).packets[start:] if not p.silence and not p.ogg_header]
+@asynccontextmanager
+async def _in_call(
+    emulator: DiscordEmulator, guild: GuildState, *names: str
+) -> AsyncIterator[tuple[discord.Client, discord.VoiceClient, list[int]]]:
+    """The client in the Lounge, where the named members sat down first, once it is in their encrypted group."""
+    async with emulator.run_client(Bot(emulator)) as client:
+        members = await _seat(emulator, guild, *names)
+        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+        await _secured(emulator, emulator.call(_lounge(guild)), client.user.id, *members)
+        yield client, voice_client, members
+        await voice_client.disconnect()
+
+
+def _audio(emulator: DiscordEmulator, guild: GuildState, start: int = 0, stop: int | None = None) -> list:
+    """The audio packets (no silence, no Ogg headers) among the guild's packets[start:stop]."""
+    return [p for p in emulator.voice(guild.id).packets[start:stop] if not p.silence and not p.ogg_header]
 
 
 # -- the MLS structures -------------------------------------------------------------------------------------
@@ -113,17 +114,13 @@ def test_a_commit_is_split_from_its_welcome_with_the_proposals_it_references() -
 async def test_bot_joining_a_member_commits_and_the_member_hears_it_end_to_end(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    reference = _sine(tmp_path / "sine.wav", 1.0)
+    reference = _write_sine(tmp_path / "sine.wav", 1.0)
     call = emulator.call(_lounge(guild))
-    async with emulator.run_client(Bot(emulator)) as client:
-        (alice,) = await _seat(emulator, guild, "alice")
-        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
-        await _secured(emulator, call, client.user.id, alice)
+    async with _in_call(emulator, guild, "alice") as (client, voice_client, _):
         async with _playing(voice_client, tmp_path / "sine.wav"):
             pass
         (utterance,) = await emulator.voice(guild.id).wait_for_utterances(1)
         code, far_end_code = voice_client.voice_privacy_code, call.privacy_code
-        await voice_client.disconnect()
     record = emulator.voice(guild.id)
     assert record.connections[0].identify["max_dave_protocol_version"] == 1
     assert [c.user_id for c in call.commits if c.accepted] == [client.user.id]  # the bot committed, alice was welcomed
@@ -137,7 +134,7 @@ async def test_bot_joining_a_member_commits_and_the_member_hears_it_end_to_end(
 async def test_bot_joining_an_established_group_is_welcomed(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _sine(tmp_path / "sine.wav", 0.5)
+    _write_sine(tmp_path / "sine.wav", 0.5)
     call = emulator.call(_lounge(guild))
     async with emulator.run_client(Bot(emulator)) as client:
         alice, bob = await _seat(emulator, guild, "alice", "bob")
@@ -155,27 +152,26 @@ async def test_bot_joining_an_established_group_is_welcomed(
     assert set(members[bob].heard[client.user.id].outcomes) == {E2E}  # every member hears it, not only the first
 
 
-async def _heard(emulator: DiscordEmulator, guild: GuildState, count: int) -> int:
-    """Wait until ``count`` audio packets arrived; return how many packets there are."""
-    await emulator.wait_for(lambda: len(_audio(emulator, guild)) >= count, 30, f"{count} audio packets")
-    return len(emulator.voice(guild.id).packets)
+async def _hear_more(emulator: DiscordEmulator, guild: GuildState, count: int) -> int:
+    """Wait for ``count`` more audio packets; return the index of the first packet after those heard before."""
+    mark = len(emulator.voice(guild.id).packets)
+    await emulator.wait_for(lambda: len(_audio(emulator, guild, mark)) >= count, 30, f"{count} audio packets")
+    return mark
 
 
 async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_it(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _sine(tmp_path / "sine.wav", 3.0)
+    _write_sine(tmp_path / "sine.wav", 3.0)
     call = emulator.call(_lounge(guild))
-    async with emulator.run_client(Bot(emulator)) as client:
-        (alice,) = await _seat(emulator, guild, "alice")
-        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
-        await _secured(emulator, call, client.user.id, alice)
-        async with _playing(voice_client, tmp_path / "sine.wav") as done:
-            await _heard(emulator, guild, 25)
-            (bob,) = await _seat(emulator, guild, "bob")
-            await _secured(emulator, call, client.user.id, alice, bob)
-            assert not done.is_set()  # the bot was still speaking
-        await voice_client.disconnect()
+    async with (
+        _in_call(emulator, guild, "alice") as (client, voice_client, (alice,)),
+        _playing(voice_client, tmp_path / "sine.wav") as done,
+    ):
+        await _hear_more(emulator, guild, 25)
+        (bob,) = await _seat(emulator, guild, "bob")
+        await _secured(emulator, call, client.user.id, alice, bob)
+        assert not done.is_set()  # the bot was still speaking
     assert [c.user_id for c in call.commits if c.accepted][:2] == [client.user.id] * 2  # bob's add too
     assert all(p.e2e == E2E for p in _audio(emulator, guild))  # alice heard all of it through the change
     bob_heard = {m.user_id: m for m in call.far_end}[bob].heard[client.user.id].since_first_e2e
@@ -185,19 +181,15 @@ async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_i
 async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _sine(tmp_path / "sine.wav", 3.0)
+    _write_sine(tmp_path / "sine.wav", 3.0)
     call = emulator.call(_lounge(guild))
-    async with emulator.run_client(Bot(emulator)) as client:
-        alice, bob = await _seat(emulator, guild, "alice", "bob")
-        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
-        await _secured(emulator, call, client.user.id, alice, bob)
+    async with _in_call(emulator, guild, "alice", "bob") as (client, voice_client, (_, bob)):
         epoch = call.epoch
         async with _playing(voice_client, tmp_path / "sine.wav") as done:
-            await _heard(emulator, guild, 25)
+            await _hear_more(emulator, guild, 25)
             await emulator.set_voice_state(guild.id, bob, None)
             await emulator.wait_for(lambda: call.epoch > epoch and call.secured, 20, "bob's removal")
             assert not done.is_set()
-        await voice_client.disconnect()
     assert call.commits[-1].user_id == client.user.id  # the bot committed the removal
     assert bob not in call.participants
     assert all(p.e2e == E2E for p in _audio(emulator, guild))
@@ -206,58 +198,52 @@ async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
 async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _sine(tmp_path / "sine.wav", 4.0)
+    _write_sine(tmp_path / "sine.wav", 4.0)
     call = emulator.call(_lounge(guild))
-    async with emulator.run_client(Bot(emulator)) as client:
-        (alice,) = await _seat(emulator, guild, "alice")
-        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+    async with (
+        _in_call(emulator, guild, "alice") as (client, voice_client, (alice,)),
+        _playing(voice_client, tmp_path / "sine.wav") as done,
+    ):
+        await _hear_more(emulator, guild, 25)
+        transition = call.send_bad_commit(client.user.id)
+        await emulator.wait_for(lambda: (client.user.id, transition) in call.invalid_reports, 20, "op 31")
+        await emulator.wait_for(lambda: call.epoch >= 3, 20, "the bot's removal and return")
         await _secured(emulator, call, client.user.id, alice)
-        async with _playing(voice_client, tmp_path / "sine.wav") as done:
-            await _heard(emulator, guild, 25)
-            transition = call.send_bad_commit(client.user.id)
-            await emulator.wait_for(lambda: (client.user.id, transition) in call.invalid_reports, 20, "op 31")
-            await emulator.wait_for(lambda: call.epoch >= 3, 20, "the bot's removal and return")
-            await _secured(emulator, call, client.user.id, alice)
-            recovered = await _heard(emulator, guild, len(_audio(emulator, guild)) + 25)
-            assert not done.is_set()
-        await voice_client.disconnect()
+        recovered = await _hear_more(emulator, guild, 25)
+        assert not done.is_set()
     committers = [c.user_id for c in call.commits if c.accepted]
     assert committers[0] == client.user.id and committers[1:3] == [alice, alice]  # removal, then the re-add
-    after = _audio(emulator, guild, recovered - 25)
-    assert len(after) >= 20 and all(p.e2e == E2E for p in after)
+    assert all(p.e2e == E2E for p in _audio(emulator, guild, recovered))
 
 
 async def test_a_downgrade_to_transport_encryption_and_back(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _sine(tmp_path / "sine.wav", 5.0)
+    _write_sine(tmp_path / "sine.wav", 5.0)
     call = emulator.call(_lounge(guild))
-    async with emulator.run_client(Bot(emulator)) as client:
-        (alice,) = await _seat(emulator, guild, "alice")
-        voice_client = await client.get_channel(_lounge(guild)).connect(timeout=10)
+    async with (
+        _in_call(emulator, guild, "alice") as (client, voice_client, (alice,)),
+        _playing(voice_client, tmp_path / "sine.wav") as done,
+    ):
+        await _hear_more(emulator, guild, 20)
+        transition = call.downgrade()
+        await emulator.wait_for(lambda: (transition, 0) in call.executed, 20, "the downgrade")
+        await _hear_more(emulator, guild, 5)  # frames encrypted before the bot executed it may still arrive
+        downgraded = await _hear_more(emulator, guild, 20)
+        upgrading = len(emulator.voice(guild.id).packets)
+        call.upgrade()
         await _secured(emulator, call, client.user.id, alice)
-        async with _playing(voice_client, tmp_path / "sine.wav") as done:
-            await _heard(emulator, guild, 20)
-            transition = call.downgrade()
-            await emulator.wait_for(lambda: (transition, 0) in call.executed, 20, "the downgrade")
-            downgraded = await _heard(emulator, guild, len(_audio(emulator, guild)) + 5)
-            upgrading = await _heard(emulator, guild, len(_audio(emulator, guild)) + 20)
-            assert voice_client.voice_privacy_code is None or call.protocol_version == 0
-            call.upgrade()
-            await _secured(emulator, call, client.user.id, alice)
-            upgraded = await _heard(emulator, guild, len(_audio(emulator, guild)) + 20)
-            assert not done.is_set()
-        await voice_client.disconnect()
-    packets = emulator.voice(guild.id).packets
-    plain = [p for p in packets[downgraded:upgrading] if not p.silence]
-    assert plain and all(p.e2e == PASSTHROUGH and not p.frame.endswith(b"\xfa\xfa") for p in plain)
-    assert all(p.e2e == E2E for p in _audio(emulator, guild, upgraded - 20))
+        upgraded = await _hear_more(emulator, guild, 20)
+        assert not done.is_set()
+    plain = _audio(emulator, guild, downgraded, upgrading)
+    assert len(plain) >= 20 and all(p.e2e == PASSTHROUGH and not p.frame.endswith(b"\xfa\xfa") for p in plain)
+    assert all(p.e2e == E2E for p in _audio(emulator, guild, upgraded))
 
 
 async def test_the_far_end_hears_nothing_when_the_bot_is_never_welcomed(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _sine(tmp_path / "sine.wav", 1.0)
+    _write_sine(tmp_path / "sine.wav", 1.0)
     call = emulator.call(_lounge(guild))
     async with emulator.run_client(Bot(emulator)) as client:
         alice, bob = await _seat(emulator, guild, "alice", "bob")
@@ -276,7 +262,7 @@ async def test_the_far_end_hears_nothing_when_the_bot_is_never_welcomed(
 
 
 async def test_version_0_is_transport_encryption_only(tmp_path: Path) -> None:
-    _sine(tmp_path / "sine.wav", 0.5)
+    _write_sine(tmp_path / "sine.wav", 0.5)
     async with DiscordEmulator(dave=False) as emulator:
         guild = emulator.add_guild("Plain Guild")
         lounge = guild.add_voice_channel("Lounge")
