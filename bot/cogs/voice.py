@@ -238,7 +238,8 @@ class VoiceCog(commands.Cog, name="Voice"):
         try:
             await self.join(channel)
         except EncryptedVoiceError as exc:
-            log.warning("Joining %s failed on end-to-end encryption (close code %s): %s", channel.id, exc.code, exc)
+            code = f" (close code {exc.code})" if exc.code else ""
+            log.warning("Joining %s failed on end-to-end encryption%s: %s", channel.id, code, exc)
             sentence = (
                 f"I couldn't connect to {channel.mention}: Discord requires end-to-end encrypted voice "
                 "and setting up the encryption failed."

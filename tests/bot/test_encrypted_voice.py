@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import davey
 import discord
 import discord.voice_client
 import pytest
@@ -83,3 +84,22 @@ async def test_without_davey_voice_is_disabled_at_start_up(
             await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)
             assert await ephemeral_reply(await scene.command("join")) == sentence
     assert not scene.emu.voice_requests
+
+
+async def test_a_dave_session_failure_at_join_is_one_sentence(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenSession:
+        def __init__(self, *args: object) -> None:
+            raise ValueError("Failed to create the session")
+
+    async with running_bot(scene.emu, make_settings(tmp_path)) as bot:
+        await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, scene.lounge.id)  # alice's session is made
+        monkeypatch.setattr(davey, "DaveSession", BrokenSession)  # the bot's is not
+        with caplog.at_level(logging.WARNING, "bot.cogs.voice"):
+            reply = await ephemeral_reply(await scene.command("join"))
+        assert reply.startswith(f"I couldn't connect to <#{scene.lounge.id}>: Discord requires end-to-end encrypted")
+        assert bot.get_guild(scene.guild.id).voice_client is None and bot.voice.player(scene.guild.id) is None
+    assert [r.getMessage() for r in caplog.records if "end-to-end" in r.getMessage()] == [
+        f"Joining {scene.lounge.id} failed on end-to-end encryption: Failed to create the session"
+    ]

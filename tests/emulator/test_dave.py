@@ -12,7 +12,7 @@ import discord
 import imageio_ffmpeg
 import pytest
 
-from tests.emulator import DiscordEmulator, GuildState
+from tests.emulator import DiscordEmulator, GuildState, RtpPacket
 from tests.emulator.dave import E2E, PASSTHROUGH, PLAIN, UNDECRYPTABLE, DaveCall
 from tests.emulator.mls import ExternalSender, Reader, split_commit_welcome, vector
 from tests.emulator.test_emulator import Bot, _best_correlation, _write_sine
@@ -73,7 +73,7 @@ async def _in_call(
         await voice_client.disconnect()
 
 
-def _audio(emulator: DiscordEmulator, guild: GuildState, start: int = 0, stop: int | None = None) -> list:
+def _audio(emulator: DiscordEmulator, guild: GuildState, start: int = 0, stop: int | None = None) -> list[RtpPacket]:
     """The audio packets (no silence, no Ogg headers) among the guild's packets[start:stop]."""
     return [p for p in emulator.voice(guild.id).packets[start:stop] if not p.silence and not p.ogg_header]
 
