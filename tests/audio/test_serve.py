@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -16,16 +17,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from audio.serve import ServeSettings, SpeechDeployment
+from audio.serve import KEY_PLACEHOLDER, MAX_BEHIND_S, MAX_BODY_BYTES, ServeSettings, SpeechDeployment
 from audio.speech import TTSConfig, TTSError, Voice, synthesize
 from audio.speech.remote import RemoteConfig, RemoteEngine
 from audio.speech.server import SpeechServer
 from tests.bot.doubles import SineEngine, until
 from tests.e2e.harness import load_voiced_engine
-from tests.fakes.speech_app import FRAMES_PER_SENTENCE, local_speech_app
+from tests.fakes.speech_app import FRAMES_PER_SENTENCE, ROOT, local_speech_app
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -94,18 +97,39 @@ class GatedEngine(SineEngine):
             assert self.gate.wait(30)
 
 
-def post(body: dict[str, Any]) -> Request:
-    """A Starlette request as Serve's proxy hands it to the deployment."""
-    scope = {"type": "http", "method": "POST", "path": "/v1/audio/speech", "headers": [], "query_string": b""}
+def post(body: dict[str, Any] | bytes, headers: dict[str, str] | None = None, parts: int = 1) -> Request:
+    """A Starlette request as Serve's proxy hands it to the deployment: `body` (JSON, or raw bytes sent in
+    `parts` messages) with `headers`."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    size = -(-len(data) // parts)
+    messages = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/audio/speech",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "query_string": b"",
+    }
+    received = iter(range(len(messages)))
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        index = next(received, None)
+        if index is None:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": messages[index], "more_body": index < len(messages) - 1}
 
     return Request(scope, receive)
 
 
-def sine_server(engine: SineEngine, queue_size: int = 16) -> SpeechDeployment:
-    return SpeechDeployment(TTSConfig(model="sine"), queue_size=queue_size, engine_factory=lambda _: engine)
+def sine_server(engine: SineEngine, queue_size: int = 16, api_key: str | None = None) -> SpeechDeployment:
+    key = SecretStr(api_key) if api_key else None
+    return SpeechDeployment(TTSConfig(model="sine"), key, queue_size=queue_size, engine_factory=lambda _: engine)
+
+
+def refusal(response: Response) -> tuple[int, str]:
+    """The status and sentence of an error answer."""
+    assert isinstance(response, JSONResponse)
+    return response.status_code, json.loads(bytes(response.body))["error"]["message"]
 
 
 SPEECH = {"model": "sine", "input": "Outlook good.", "voice": "A calm voice.", "response_format": "pcm"}
@@ -137,10 +161,11 @@ async def test_a_full_queue_answers_429_with_retry_after() -> None:
     assert len(await body_of(running)) == len(await body_of(await waiting)) == 2 * round(13 * 0.01 * 16000)
 
 
-async def test_failures_before_and_after_the_first_chunk() -> None:
+async def test_failures_before_and_after_the_first_chunk(caplog: pytest.LogCaptureFixture) -> None:
     before = sine_server(SineEngine(fail_at={"*": 0}))
     response = await before(post(SPEECH))
-    assert response.status_code == 500 and b"synthetic TTS failure" in bytes(response.body)
+    assert refusal(response) == (500, "Speech generation failed; the server's log has the details.")
+    assert "synthetic TTS failure" in caplog.text  # the details stay in the log
 
     after = sine_server(SineEngine(fail_at={"*": 1}, chunk_seconds=0.05))
     with pytest.raises(TTSError):  # the server drops the connection: the client sees a cut stream
@@ -216,3 +241,113 @@ def test_a_client_disconnect_stops_generation(remote: RemoteEngine) -> None:
     assert after["served"] == before["served"]
     # Generation stopped early: far less than the 20 sentences was generated.
     assert after["generated_seconds"] - before["generated_seconds"] < sentences * SENTENCE_S / 2
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "sentence"),
+    [
+        (post(b"{" + b" " * MAX_BODY_BYTES + b"}", parts=8), 413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+        (post(b"{}", {"Content-Length": str(10**9)}), 413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+        (post(b"[" * 50_000 + b"]" * 50_000), 413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+        (post(b"[" * 30_000 + b"]" * 30_000), 400, "The body's JSON nests too deeply."),
+        (post(b"{'input': 1}"), 400, "The body must be JSON."),
+        (post({**SPEECH, "voice": "A calm voice. " * 100}), 400, "`voice` is longer than 1000 characters."),
+        (post({**SPEECH, "seed": 10**30}), 400, "`seed` must be an integer that fits in 64 bits."),
+        (post({**SPEECH, "seed": -(2**63) - 1}), 400, "`seed` must be an integer that fits in 64 bits."),
+        (post({**SPEECH, "seed": True}), 400, "`seed` must be an integer that fits in 64 bits."),
+        (post({**SPEECH, "seed": 4.5}), 400, "`seed` must be an integer that fits in 64 bits."),
+    ],
+    ids=["body", "declared-body", "nested-body", "nested", "not-json", "voice", "seed", "negative", "bool", "float"],
+)
+async def test_requests_it_cannot_serve_are_refused_before_the_engine(
+    request_: Request, status: int, sentence: str
+) -> None:
+    engine = SineEngine()
+    assert refusal(await sine_server(engine)(request_)) == (status, sentence)
+    assert engine.spoken == []
+
+
+async def test_seeds_at_the_ends_of_64_bits_are_served() -> None:
+    engine = SineEngine()
+    server = sine_server(engine)
+    for seed in (-(2**63), 2**63 - 1):
+        assert len(await body_of(await server(post({**SPEECH, "seed": seed})))) > 0
+    assert [voice.seed for _, voice in engine.spoken] == [-(2**63), 2**63 - 1]
+
+
+async def test_sentences_and_voices_over_the_token_limits_are_refused_before_any_audio(
+    local_engine: SpeechServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long second sentence used to fail in the middle of the answer, after the first one was sent."""
+    asked: list[str] = []
+    stream = local_engine.stream
+
+    def recording(text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
+        asked.append(text)
+        return stream(text, voice, cancel)
+
+    monkeypatch.setattr(local_engine, "stream", recording)
+    model = local_engine.config.model
+    server = SpeechDeployment(TTSConfig(model=model), engine_factory=lambda _: local_engine)
+    speech = {"model": model, "input": "Yes.", "voice": "A calm voice."}
+    long_sentence = " ".join(["word"] * 300) + "."
+    for change, sentence in [
+        (
+            {"input": f"Yes. {long_sentence}"},
+            r"Sentence 2 of `input` is \d+ tokens long; the model takes at most 256\.",
+        ),
+        ({"voice": "a " * 400}, r"`voice` is \d+ tokens long; the model takes at most 256\."),
+    ]:
+        status, message = refusal(await server(post({**speech, **change})))
+        assert status == 400 and re.fullmatch(sentence, message), message
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        ("Bearer k3y", 200),
+        ("bearer k3y", 200),
+        ("BEARER  k3y ", 200),
+        ("Bearer wrong", 401),
+        ("Basic k3y", 401),
+        ("k3y", 401),
+    ],
+)
+async def test_the_bearer_scheme_is_case_insensitive(authorization: str, status: int) -> None:
+    server = sine_server(SineEngine(), api_key="k3y")
+    request = post(SPEECH, {"Authorization": authorization})
+    assert (await server(request)).status_code == status
+
+
+async def test_the_replica_reads_its_own_key_and_warns_without_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_server = sine_server(SineEngine())  # no key in the app's arguments nor in this process
+    assert "No TTS_API_KEY" in caplog.text
+    assert (await open_server(post(SPEECH))).status_code == 200
+    caplog.clear()
+    monkeypatch.setenv("TTS_API_KEY", "from-the-replica-node")
+    server = sine_server(SineEngine())
+    assert "No TTS_API_KEY" not in caplog.text
+    assert (await server(post(SPEECH))).status_code == 401
+    assert (await server(post(SPEECH, {"Authorization": "Bearer from-the-replica-node"}))).status_code == 200
+
+
+def test_the_sample_config_placeholder_is_not_a_key() -> None:
+    with pytest.raises(ValidationError, match="replace REPLACE-WITH-A-SECRET with a secret"):
+        ServeSettings(_env_file=None, tts_api_key=KEY_PLACEHOLDER)  # type: ignore[call-arg]
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    assert config["applications"][0]["args"]["tts_api_key"] == KEY_PLACEHOLDER
+
+
+async def test_a_reader_too_far_behind_is_stopped_and_leaves_the_engine() -> None:
+    engine = SineEngine(seconds_per_char=1.0, chunk_seconds=1.0)
+    server = sine_server(engine)
+    answer_s = 2 * MAX_BEHIND_S
+    response = await server(post({**SPEECH, "input": "a" * int(answer_s)}))  # its body is never read
+    await until(lambda: server._health()["running"] == 0)
+    # The engine stopped soon after the bound instead of generating the whole answer for nobody.
+    assert server._health()["generated_seconds"] <= MAX_BEHIND_S + 2
+    with pytest.raises(TTSError, match="fell too far behind"):
+        await body_of(response)
