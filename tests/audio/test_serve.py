@@ -4,8 +4,15 @@ locally with the tiny Parler model on CPU, behind the remote engine the bot uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -28,7 +35,7 @@ from audio.speech.remote import RemoteConfig, RemoteEngine
 from audio.speech.server import SpeechServer
 from tests.bot.doubles import SineEngine, until
 from tests.e2e.harness import load_voiced_engine
-from tests.fakes.speech_app import FRAMES_PER_SENTENCE, ROOT, local_speech_app
+from tests.fakes.speech_app import FRAMES_PER_SENTENCE, ROOT, free_port, local_speech_app
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -351,3 +358,143 @@ async def test_a_reader_too_far_behind_is_stopped_and_leaves_the_engine() -> Non
     assert server._health()["generated_seconds"] <= MAX_BEHIND_S + 2
     with pytest.raises(TTSError, match="fell too far behind"):
         await body_of(response)
+
+
+class LoopbackCluster:
+    """The README's cluster recipe on this machine: a head node and a "GPU" node started by `ray start` in
+    environments of their own, sharing Ray's token (token authentication on) through a private HOME.
+
+    Every process is found by the cluster's own temp folder and stopped by its id (never `ray stop`, which would
+    stop other Ray clusters of this user too)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))  # short: Ray's socket paths are bounded
+        self.env = {
+            **os.environ,
+            "HOME": str(folder),
+            "RAY_AUTH_MODE": "token",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        self.env.pop("TTS_API_KEY", None)
+        self.gcs = free_port()
+        self.dashboard = free_port()
+        self.http = free_port()
+
+    def ray(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        """Run the `ray` CLI of this interpreter's environment; its output."""
+        command = [str(Path(sys.executable).with_name("ray")), *args]
+        done = subprocess.run(command, env=env or self.env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def node_options(self) -> list[str]:
+        ports = {
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+        }
+        return [
+            *(f"{option}={port}" for option, port in ports.items()),
+            "--num-cpus=1",
+            f"--object-store-memory={100 * 1024 * 1024}",
+            "--disable-usage-stats",
+        ]
+
+    def start(self) -> None:
+        self.ray("get-auth-token", "--generate")  # ~/.ray/auth_token, as any local ray.init() writes it
+        self.ray(
+            "start",
+            "--head",
+            f"--port={self.gcs}",
+            f"--temp-dir={self.temp}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard}",
+            f"--ray-client-server-port={free_port()}",
+            *self.node_options(),
+        )
+        gpu_node = {**self.env, "TTS_API_KEY": "cluster-secret"}  # exported on the GPU node only
+        self.ray(
+            "start",
+            f"--address=127.0.0.1:{self.gcs}",
+            '--resources={"speech_node": 1}',
+            *self.node_options(),
+            env=gpu_node,
+        )
+
+    def processes(self) -> list[int]:
+        """The ids of this cluster's processes: those whose command line names its temp folder, and their
+        descendants (Ray's workers rename themselves `ray::...`)."""
+        parents: dict[int, int] = {}
+        ours: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                command = (entry / "cmdline").read_bytes()
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if str(self.temp).encode() in command and int(entry.name) != os.getpid():
+                    ours.add(int(entry.name))
+        grown = True
+        while grown:
+            children = {pid for pid, parent in parents.items() if parent in ours} - ours
+            ours |= children
+            grown = bool(children)
+        return sorted(ours)
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while self.processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_the_cluster_recipe_requires_the_key_set_on_the_gpu_node(tiny_parler_dir: Path, tmp_path: Path) -> None:
+    """Two `ray start` nodes, `TTS_API_KEY` exported on the GPU node only, `serve deploy` of the sample config
+    (without its key line) on the head node: the replica on the GPU node reads the key itself."""
+    cluster = LoopbackCluster(tmp_path)
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    config["proxy_location"] = "HeadOnly"  # two proxies on one machine would want the same port
+    config["http_options"] = {"host": "127.0.0.1", "port": cluster.http}
+    app = config["applications"][0]
+    del app["args"]["tts_api_key"]
+    app["args"].update(tts_model=str(tiny_parler_dir), tts_replica_gpus=0)
+    deployment = app["deployments"][0]
+    deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0, "resources": {"speech_node": 1}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{cluster.http}"
+    try:
+        cluster.start()
+        serve_cli = str(Path(sys.executable).with_name("serve"))
+        subprocess.run(
+            [serve_cli, "deploy", str(tmp_path / "serve.yaml"), f"--address=http://127.0.0.1:{cluster.dashboard}"],
+            env=cluster.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the replica loads the model on the GPU node
+            try:
+                if call(f"{url}/healthz", key=None)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            time.sleep(1)
+        assert call(f"{url}/healthz", key=None)[0] == 200
+        assert call(f"{url}/v1/models", key=None)[0] == 401
+        assert call(f"{url}/v1/models", key="wrong")[0] == 401
+        status, models = call(f"{url}/v1/models", key="cluster-secret")
+        assert status == 200 and models["data"][0]["id"] == str(tiny_parler_dir)
+    finally:
+        cluster.stop()
+    assert cluster.processes() == []
