@@ -15,7 +15,8 @@ Requests the engine cannot serve are refused before anything reaches it, with 4x
 `MAX_BODY_BYTES` (413), JSON that is not an object or nests too deeply, a `voice` over `MAX_VOICE_CHARS`, a seed
 that is not a 64-bit integer, and a sentence or voice over the model's token limits (400, `InvalidRequest`).
 Failures of the engine answer 500 with a generic sentence (the details go to the log). A reader that leaves more
-than `MAX_BEHIND_S` of audio unread has its answer stopped, so the decoding loop never waits for one client.
+than `MAX_BEHIND_S` of audio unread has its answer stopped, so the decoding loop never waits for one client
+(behind Serve's HTTP proxy the replica's writes never wait: what a slow client has not read waits in the proxy).
 
 Each replica runs one engine from `load_engine` and up to `engine.max_streams` answers at once through a
 `SpeechScheduler`; Serve scales replicas (one per GPU) on ongoing requests. Requires the `serve` extra.
