@@ -71,7 +71,7 @@ class FakeSpeechAPI:
         self.headers.append(dict(request.headers))
         try:
             return await self.speech(request)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):  # gone while waiting, or while writing
             self.disconnected.set()
             raise
 
