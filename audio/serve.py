@@ -8,7 +8,15 @@
 "pcm", `stream`) plus `seed`, and streams 16-bit little-endian mono PCM as it is generated, with the rate in
 `X-Sample-Rate`. A client that disconnects cancels its generation within one decoding step. `GET /v1/models`
 lists the loaded model (with its `sample_rate`), `GET /healthz` answers without a token and reports the streams.
-With `TTS_API_KEY` set every other path wants `Authorization: Bearer <key>` (401 otherwise).
+With a key (`tts_api_key` in the app's arguments, else the replica's own `TTS_API_KEY`) every other path wants
+`Authorization: Bearer <key>` (401 otherwise); without one the replica warns at start-up.
+
+Requests the engine cannot serve are refused before anything reaches it, with 4xx and a sentence: a body over
+`MAX_BODY_BYTES` (413), JSON that is not an object or nests too deeply, a `voice` over `MAX_VOICE_CHARS`, a seed
+that is not a 64-bit integer, and a sentence or voice over the model's token limits (400, `InvalidRequest`).
+Failures of the engine answer 500 with a generic sentence (the details go to the log). A reader that leaves more
+than `MAX_BEHIND_S` of audio unread has its answer stopped, so the decoding loop never waits for one client
+(behind Serve's HTTP proxy the replica's writes never wait: what a slow client has not read waits in the proxy).
 
 Each replica runs one engine from `load_engine` and up to `engine.max_streams` answers at once through a
 `SpeechScheduler`; Serve scales replicas (one per GPU) on ongoing requests. Requires the `serve` extra.
@@ -17,28 +25,55 @@ Each replica runs one engine from `load_engine` and up to `engine.max_streams` a
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import itertools
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from audio.speech import DEFAULT_SEED, SpeechEngine, SpeechScheduler, TTSConfig, TTSError, TTSQueueFull, Voice
+from audio.speech import (
+    DEFAULT_SEED,
+    SpeechEngine,
+    SpeechScheduler,
+    TTSConfig,
+    TTSError,
+    TTSQueueFull,
+    Voice,
+    split_sentences,
+)
 from audio.speech import load_engine as _load_engine
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[TTSConfig], SpeechEngine]
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for one speech request
+MAX_VOICE_CHARS = 1000  # a Parler description is a sentence or two; the model reads 256 tokens of it at most
+MAX_BODY_BYTES = 64 * 1024  # room for the longest input and voice, escaped
+MAX_BEHIND_S = 60.0  # audio a reader may leave unread before its answer is stopped
+SEEDS = range(-(2**63), 2**63)  # the seeds torch's generators take
+KEY_PLACEHOLDER = "REPLACE-WITH-A-SECRET"  # deploy/serve.yaml's stand-in for the key
+# Answers last seconds and come in bursts, while a new replica takes minutes (model load, CUDA graphs): add one
+# after 10 s of load over target, keep it through 5 quiet minutes (Ray's defaults: 30 s and 600 s).
+AUTOSCALING_DELAYS = {"upscale_delay_s": 10.0, "downscale_delay_s": 300.0}
+
+
+class InvalidRequest(Exception):
+    """A request this server refuses as the client's mistake: `status` (400 unless said) and a sentence."""
+
+    def __init__(self, sentence: str, status: int = 400) -> None:
+        super().__init__(sentence)
+        self.status = status
 
 
 class ServeSettings(BaseSettings):
@@ -65,6 +100,13 @@ class ServeSettings(BaseSettings):
     tts_replica_cpus: float = Field(1.0, ge=0)
     tts_serve_host: str = "127.0.0.1"
     tts_serve_port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("tts_api_key")
+    @classmethod
+    def _not_the_placeholder(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and key.get_secret_value() == KEY_PLACEHOLDER:
+            raise ValueError(f"replace {KEY_PLACEHOLDER} with a secret of your own (see the README)")
+        return key
 
     def tts_config(self) -> TTSConfig:
         return TTSConfig(
@@ -112,6 +154,64 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
+def bearer_token(authorization: str) -> bytes:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case, RFC 6750), else b""."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
+
+
+class TokenLimits:
+    """Checks an answer's sentences and voice against the engine's prompt and description limits, in tokens,
+    before the engine sees them (a long later sentence would otherwise fail in the middle of the answer)."""
+
+    def __init__(self, tokenizer: Any, prompt_tokens: int, description_tokens: int) -> None:
+        self._tokenizer = copy.deepcopy(tokenizer)  # the decoding loop's own one is used on its thread
+        self._prompt_tokens = prompt_tokens
+        self._description_tokens = description_tokens
+
+    @classmethod
+    def of(cls, engine: SpeechEngine) -> TokenLimits | None:
+        """The limits of the project's engine; None for other engines (tests' stand-ins)."""
+        from audio.speech.server import DESCRIPTION_TOKENS, PROMPT_TOKENS, SpeechServer  # torch, on replicas only
+
+        if not isinstance(engine, SpeechServer):
+            return None
+        return cls(engine.loop.tokenizer, PROMPT_TOKENS, DESCRIPTION_TOKENS)
+
+    def check(self, text: str, voice: str) -> None:
+        """Raise `InvalidRequest` naming the first sentence or the voice that is too long."""
+        sentences = split_sentences(text)
+        counts = [len(ids) for ids in self._tokenizer([*sentences, voice])["input_ids"]]
+        for number, count in enumerate(counts[:-1], 1):
+            if count > self._prompt_tokens:
+                raise InvalidRequest(
+                    f"Sentence {number} of `input` is {count} tokens long; "
+                    f"the model takes at most {self._prompt_tokens}."
+                )
+        if counts[-1] > self._description_tokens:
+            raise InvalidRequest(
+                f"`voice` is {counts[-1]} tokens long; the model takes at most {self._description_tokens}."
+            )
+
+
+async def read_json(request: Request) -> Any:
+    """The JSON body, at most `MAX_BODY_BYTES` long (413 beyond, read no further) and parseable (400)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"The body is larger than {MAX_BODY_BYTES} bytes.", 413)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidRequest(f"The body is larger than {MAX_BODY_BYTES} bytes.", 413)
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise InvalidRequest("The body's JSON nests too deeply.") from None
+    except ValueError:
+        raise InvalidRequest("The body must be JSON.") from None
+
+
 class SpeechDeployment:
     """One replica: the engine, a scheduler in front of it, and the HTTP routes."""
 
@@ -122,12 +222,18 @@ class SpeechDeployment:
         queue_size: int = 16,
         engine_factory: EngineFactory = _load_engine,
     ) -> None:
+        """`api_key` None: the replica's own `TTS_API_KEY` (so the key need not be where the app is built)."""
         self._model = config.model
-        self._engine = _MeteredEngine(engine_factory(config))
+        engine = engine_factory(config)
+        self._limits = TokenLimits.of(engine)
+        self._engine = _MeteredEngine(engine)
         self._scheduler = SpeechScheduler(
-            self._engine, queue_size=queue_size, queue_per_key=1, slots_per_key=1
+            self._engine, queue_size=queue_size, queue_per_key=1, slots_per_key=1, max_behind_s=MAX_BEHIND_S
         )  # one key per request: first come, first served
-        self._expected = f"Bearer {api_key.get_secret_value()}".encode() if api_key else None
+        api_key = api_key or ServeSettings().tts_api_key
+        self._expected = api_key.get_secret_value().encode() if api_key else None
+        if self._expected is None:
+            log.warning("No TTS_API_KEY: this speech server answers anyone who can reach its port")
         self._requests = itertools.count()
         self._served = self._cancelled = self._failed = 0
         log.info(
@@ -142,7 +248,7 @@ class SpeechDeployment:
         if path == "/healthz" and method == "GET":
             return JSONResponse(self._health())
         if self._expected is not None and not hmac.compare_digest(
-            request.headers.get("authorization", "").encode(), self._expected
+            bearer_token(request.headers.get("authorization", "")), self._expected
         ):
             return _error(401, "A valid API key is required.", "invalid_api_key", {"WWW-Authenticate": "Bearer"})
         if path == "/v1/models" and method == "GET":
@@ -174,13 +280,12 @@ class SpeechDeployment:
 
     async def _speech(self, request: Request) -> Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "The body must be JSON.", "invalid_request_error")
-        problem = self._invalid(body)
-        if problem:
-            return _error(400, problem, "invalid_request_error")
-        voice = Voice(body["voice"], int(body.get("seed", DEFAULT_SEED)))
+            body = await read_json(request)
+            voice = self._voice(body)
+            if self._limits is not None:
+                self._limits.check(body["input"], voice.description)
+        except InvalidRequest as exc:
+            return _error(exc.status, str(exc), "invalid_request_error")
         try:
             stream = self._scheduler.stream(next(self._requests), body["input"], voice)
         except TTSQueueFull as exc:
@@ -189,34 +294,36 @@ class SpeechDeployment:
         # The first chunk before the headers: a failure to start is a 500, not an empty 200.
         try:
             first = await anext(stream, None)
-        except TTSError as exc:
+        except TTSError:
             self._failed += 1
-            log.warning("Speech failed before the first chunk: %s", exc)
-            return _error(500, f"Speech generation failed: {exc}", "server_error")
+            log.warning("Speech failed before the first chunk", exc_info=True)
+            return _error(500, "Speech generation failed; the server's log has the details.", "server_error")
         except asyncio.CancelledError:
             self._cancelled += 1
             raise
         headers = {"X-Sample-Rate": str(self._engine.sample_rate)}
         return StreamingResponse(self._pcm(first, stream), media_type="audio/pcm", headers=headers)
 
-    def _invalid(self, body: Any) -> str | None:
-        """Why `body` is not a request this server can answer, or None."""
+    def _voice(self, body: Any) -> Voice:
+        """The voice of a request this server can answer; `InvalidRequest` saying why not otherwise."""
         if not isinstance(body, dict):
-            return "The body must be a JSON object."
-        text, voice = body.get("input"), body.get("voice")
+            raise InvalidRequest("The body must be a JSON object.")
+        text, voice, seed = body.get("input"), body.get("voice"), body.get("seed", DEFAULT_SEED)
         if not isinstance(text, str) or not text.strip():
-            return "`input` must be non-empty text."
+            raise InvalidRequest("`input` must be non-empty text.")
         if len(text) > MAX_INPUT_CHARS:
-            return f"`input` is longer than {MAX_INPUT_CHARS} characters."
+            raise InvalidRequest(f"`input` is longer than {MAX_INPUT_CHARS} characters.")
         if not isinstance(voice, str) or not voice.strip():
-            return "`voice` must be a voice description."
+            raise InvalidRequest("`voice` must be a voice description.")
+        if len(voice) > MAX_VOICE_CHARS:
+            raise InvalidRequest(f"`voice` is longer than {MAX_VOICE_CHARS} characters.")
         if body.get("model", self._model) != self._model:
-            return f"This server serves the model {self._model!r}."
+            raise InvalidRequest(f"This server serves the model {self._model!r}.")
         if body.get("response_format", "pcm") != "pcm":
-            return 'Only `response_format` "pcm" (16-bit mono) is served.'
-        if not isinstance(body.get("seed", 0), int):
-            return "`seed` must be an integer."
-        return None
+            raise InvalidRequest('Only `response_format` "pcm" (16-bit mono) is served.')
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed not in SEEDS:
+            raise InvalidRequest("`seed` must be an integer that fits in 64 bits.")
+        return Voice(voice, seed)
 
     async def _pcm(self, first: np.ndarray | None, stream: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
         """The response body. A failure mid-answer raises, so the client sees a cut stream, not a short answer."""
@@ -232,7 +339,7 @@ class SpeechDeployment:
             self._failed += 1
             ended = True
             log.warning("Speech failed in the middle of an answer", exc_info=True)
-            raise
+            raise  # Serve cuts the stream; the exception's text stays in the log
         finally:
             if not ended:  # the client went away: stop generating
                 self._cancelled += 1
@@ -250,6 +357,7 @@ def build(settings: ServeSettings, engine_factory: EngineFactory = _load_engine)
             "min_replicas": settings.tts_min_replicas,
             "max_replicas": max(settings.tts_min_replicas, settings.tts_max_replicas),
             "target_ongoing_requests": settings.tts_target_ongoing_requests,
+            **AUTOSCALING_DELAYS,
         },
     )
     return deployment.bind(settings.tts_config(), settings.tts_api_key, settings.tts_queue_size, engine_factory)

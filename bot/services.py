@@ -110,6 +110,7 @@ def build_speech_engine(settings: Settings) -> SpeechEngine:
             sample_rate=settings.tts_sample_rate,
             voice=settings.tts_remote_voice,
             max_streams=settings.tts_remote_streams,
+            total_timeout=settings.tts_total_timeout,
         )
     )
     log.info("Speaking through %r", engine)

@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     tts_api_key: SecretStr | None = None
     tts_timeout: float = Field(30.0, gt=0)
     tts_remote_voice: str | None = None
-    tts_sample_rate: int | None = Field(None, gt=0)
+    tts_sample_rate: int | None = Field(None, ge=8000, le=192_000)
     tts_remote_streams: int = Field(8, ge=1)
+    tts_total_timeout: float | None = Field(None, gt=0)  # one whole remote answer; empty: 60 s + 3x its audio cap
     # The batched speech server: answers per batch (empty: 32 on CUDA, 8 on CPU), frames per sentence, int8 on CPU.
     tts_max_batch: int | None = Field(None, ge=1, le=256)
     tts_max_frames: int | None = Field(None, ge=16)

@@ -7,6 +7,10 @@ preset's description, or a fixed voice name for servers with named voices), `res
 `X-Sample-Rate` response header, 24 kHz when it is absent (as OpenAI sends); a stream at another rate than the
 engine's `sample_rate` is resampled.
 
+Nothing the server sends is trusted: rates outside 8-192 kHz, redirects (never followed), more audio than the text
+can need (`audio_cap_seconds`), an answer that outlasts its total deadline, and error bodies or `Retry-After`
+values beyond small bounds all end the answer with a `TTSError` sentence or are cut to their bound.
+
 The HTTP client (aiohttp) runs on the engine's own event loop thread; `stream()` is the blocking iterator the
 `SpeechScheduler` expects and hands chunks over as they arrive.
 """
@@ -14,24 +18,64 @@ The HTTP client (aiohttp) runs on the engine's own event loop thread; `stream()`
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 
 from audio.speech.voice import TTSError, TTSQueueFull, Voice
 
+log = logging.getLogger(__name__)
+
 OPENAI_SAMPLE_RATE = 24_000
 SAMPLE_RATE_HEADER = "X-Sample-Rate"
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000  # the rates accepted from a server or the settings
 _POLL_S = 0.02  # how often a waiting `stream()` looks at its cancel event
 BUSY_SECONDS = 5.0  # the wait suggested when a busy server sends no Retry-After
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is read as this
+MAX_ERROR_BYTES = 4096  # what is read of an error body (its first 300 characters are shown)
+MAX_LISTING_BYTES = 1 << 20  # what is read of `/v1/models`
 _END = object()
+
+
+def audio_cap_seconds(text: str) -> float:
+    """The most audio an answer to `text` may bring: 5 s plus 1 s per 5 characters (speech runs about 15)."""
+    return 5.0 + len(text) / 5
+
+
+def check_sample_rate(value: object, source: str) -> int:
+    """`value` (a header's text or a JSON number) as a rate in 8-192 kHz, else a `TTSError` naming `source`."""
+    try:
+        rate = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        rate = 0
+    if isinstance(value, bool) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise TTSError(
+            f"the sample rate in {source} ({str(value)[:20]!r}) is not between {MIN_SAMPLE_RATE} and "
+            f"{MAX_SAMPLE_RATE} Hz"
+        )
+    return rate
+
+
+def sends_key_in_clear(config: RemoteConfig) -> bool:
+    """Whether `config` sends its API key over plain http to a host other than this machine."""
+    parts = urlsplit(config.base_url)
+    if not config.api_key or parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 @dataclass(frozen=True)
@@ -40,7 +84,8 @@ class RemoteConfig:
 
     `sample_rate` None asks the server's `/v1/models` at start-up (the `sample_rate` field of the model's entry,
     which `audio.serve` lists), else assumes OpenAI's 24 kHz. `voice` set sends that name instead of the voice's
-    description (servers with named voices). `max_streams` bounds the answers requested at once.
+    description (servers with named voices). `max_streams` bounds the answers requested at once. `timeout` bounds
+    each wait for data; `total_timeout` bounds a whole answer (None: 60 s plus 3 times its `audio_cap_seconds`).
     """
 
     base_url: str
@@ -50,10 +95,15 @@ class RemoteConfig:
     sample_rate: int | None = None
     voice: str | None = None
     max_streams: int = 8
+    total_timeout: float | None = None
 
     @property
     def root(self) -> str:
         return self.base_url.rstrip("/").removesuffix("/v1")
+
+    def deadline(self, text: str) -> float:
+        """Seconds an answer to `text` may take from request to last byte."""
+        return self.total_timeout if self.total_timeout is not None else 60.0 + 3 * audio_cap_seconds(text)
 
 
 class PcmDecoder:
@@ -104,7 +154,17 @@ class RemoteEngine:
 
     @classmethod
     def connect(cls, config: RemoteConfig) -> RemoteEngine:
-        """The engine, with its sample rate from `config` or from the server's `/v1/models`. Blocking."""
+        """The engine, with its sample rate from `config` or from the server's `/v1/models`. Blocking.
+
+        Warns when the API key would cross the network in clear text (plain http to another host)."""
+        if config.sample_rate is not None:
+            check_sample_rate(config.sample_rate, "TTS_SAMPLE_RATE")
+        if sends_key_in_clear(config):
+            log.warning(
+                "TTS_API_KEY is sent over plain http to %s: anyone on the path can read it. "
+                "Use https (e.g. a TLS-terminating proxy in front of the speech server) or a private network.",
+                config.root,
+            )
         engine = cls(config, config.sample_rate or OPENAI_SAMPLE_RATE)
         if config.sample_rate is None:
             try:
@@ -159,46 +219,31 @@ class RemoteEngine:
     async def _probe_sample_rate(self) -> int:
         """The model's `sample_rate` from `/v1/models`, or OpenAI's 24 kHz when the server does not say."""
         url = f"{self.config.root}/v1/models"
-        async with self._errors(), self._client().get(url) as response:
+        async with self._errors(), self._client().get(url, allow_redirects=False) as response:
             if response.status in (404, 405):
                 return OPENAI_SAMPLE_RATE
             await _raise_for_status(response)
-            listing = await response.json(content_type=None)
+            listing = json.loads(await _read_at_most(response, MAX_LISTING_BYTES))
         models = listing.get("data", []) if isinstance(listing, dict) else []
         for model in models:
-            if isinstance(model, dict) and model.get("id") == self.config.model and model.get("sample_rate"):
-                return int(model["sample_rate"])
+            if (
+                isinstance(model, dict)
+                and model.get("id") == self.config.model
+                and model.get("sample_rate") is not None
+            ):
+                return check_sample_rate(model["sample_rate"], "the server's /v1/models")
         return OPENAI_SAMPLE_RATE
 
     async def _fetch(self, text: str, voice: Voice, put: Callable[[Any], None]) -> None:
-        """One answer: POST, then hand each decoded chunk (and finally `_END` or a `TTSError`) to `put`."""
-        body = {
-            "model": self.config.model,
-            "input": text,
-            "voice": self.config.voice or voice.description,
-            "response_format": "pcm",
-            "stream": True,
-            "seed": voice.seed,
-        }
+        """One answer: POST, then hand each decoded chunk (and finally `_END` or a `TTSError`) to `put`.
+
+        The answer ends with a `TTSError` past its deadline or once it would bring more than `audio_cap_seconds`."""
+        deadline = self.config.deadline(text)
         try:
-            async with self._errors():
-                response = await self._client().post(f"{self.config.root}/v1/audio/speech", json=body)
-                finished = False
-                try:
-                    await _raise_for_status(response)
-                    rate = int(response.headers.get(SAMPLE_RATE_HEADER, OPENAI_SAMPLE_RATE))
-                    decoder = PcmDecoder(rate, self.sample_rate)
-                    async for data in response.content.iter_any():
-                        chunk = decoder.feed(data)
-                        if chunk.size:
-                            put(chunk)
-                    finished = True
-                finally:
-                    # A finished answer leaves the connection for the next one; anything else drops it.
-                    if finished:
-                        response.release()
-                    else:
-                        response.close()
+            async with asyncio.timeout(deadline):
+                await self._receive(text, voice, put)
+        except TimeoutError:
+            put(TTSError(f"the speech server at {self.config.root} did not finish the answer in {deadline:g} seconds"))
         except (TTSError, TTSQueueFull) as exc:
             put(exc)
         except Exception as exc:  # anything else (a closed session, a bug): the consumer must still hear of it
@@ -207,6 +252,45 @@ class RemoteEngine:
             put(error)
         else:
             put(_END)
+
+    async def _receive(self, text: str, voice: Voice, put: Callable[[Any], None]) -> None:
+        """POST the answer's request and hand each decoded chunk to `put`."""
+        body = {
+            "model": self.config.model,
+            "input": text,
+            "voice": self.config.voice or voice.description,
+            "response_format": "pcm",
+            "stream": True,
+            "seed": voice.seed,
+        }
+        cap_s = audio_cap_seconds(text)
+        room = int(cap_s * self.sample_rate)  # samples the answer may still bring
+        async with self._errors():
+            url = f"{self.config.root}/v1/audio/speech"
+            response = await self._client().post(url, json=body, allow_redirects=False)
+            finished = False
+            try:
+                await _raise_for_status(response)
+                header = response.headers.get(SAMPLE_RATE_HEADER, OPENAI_SAMPLE_RATE)
+                rate = check_sample_rate(header, f"the server's {SAMPLE_RATE_HEADER} header")
+                decoder = PcmDecoder(rate, self.sample_rate)
+                async for data in response.content.iter_any():
+                    chunk = decoder.feed(data)
+                    room -= chunk.size
+                    if room < 0:
+                        raise TTSError(
+                            f"the speech server sent more than {cap_s:g} seconds of audio "
+                            f"for an answer of {len(text)} characters"
+                        )
+                    if chunk.size:
+                        put(chunk)
+                finished = True
+            finally:
+                # A finished answer leaves the connection for the next one; anything else drops it.
+                if finished:
+                    response.release()
+                else:
+                    response.close()
 
     def _errors(self) -> _ErrorSentences:
         return _ErrorSentences(self.config.root, self.config.timeout)
@@ -238,21 +322,32 @@ class _ErrorSentences:
         raise TTSError(sentence) from exc
 
 
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body's first `limit` bytes (the rest is never read)."""
+    data = b""
+    while len(data) < limit and (part := await response.content.read(limit - len(data))):
+        data += part
+    return data
+
+
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
-    """A `TTSError` naming the status and the server's own message for 4xx/5xx answers."""
-    if response.status < 400:
+    """A `TTSError` naming the status and the server's own message for any answer but 2xx (redirects included)."""
+    if response.status < 300:
         return
-    text = (await response.text(errors="replace"))[:300]
+    reason = f"{response.status} {response.reason or ''}".strip()
+    if response.status < 400:
+        raise TTSError(f"the speech server answered {reason}, a redirect, which is not followed")
+    text = (await _read_at_most(response, MAX_ERROR_BYTES)).decode(errors="replace")[:300]
     try:
         detail = json.loads(text)
         error = detail.get("error", detail.get("detail", text)) if isinstance(detail, dict) else text
         message = error.get("message", text) if isinstance(error, dict) else str(error)
     except ValueError:
         message = text
-    reason = f"{response.status} {response.reason or ''}".strip()
     if response.status in (401, 403):
         raise TTSError(f"the speech server refused the API key ({reason})")
     if response.status == 429:  # its queue is full: the same "busy" as the bot's own queue
         retry_after = response.headers.get("Retry-After", "")
-        raise TTSQueueFull.after(float(retry_after) if retry_after.isdigit() else BUSY_SECONDS)
+        wait = float(retry_after) if retry_after.isdigit() else BUSY_SECONDS
+        raise TTSQueueFull.after(min(wait, MAX_RETRY_AFTER_S))
     raise TTSError(f"the speech server answered {reason}: {message.strip() or 'no details'}")

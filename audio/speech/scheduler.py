@@ -4,6 +4,8 @@ Answers wait per key (a guild id) in a bounded queue; whenever the engine has a 
 turn is the longest ago (keys new to the queue first) starts its oldest answer, with at most `slots_per_key`
 answers of one key generating at once. Each running answer iterates the engine's blocking `stream()` on the
 scheduler's own thread pool, so speech never competes with other blocking work for asyncio's default executor.
+With `max_behind_s` set, an answer whose reader leaves more than that much audio unread is cancelled (its engine
+stream stops, freeing its row) and ends with `TTSError`: a reader that stalls never makes the engine wait.
 """
 
 from __future__ import annotations
@@ -35,13 +37,28 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     cancel: threading.Event = field(default_factory=threading.Event)
     chunks: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    max_behind: int | None = None  # samples the reader may leave unread before the answer is cancelled
+    unread: int = 0
+    overrun: bool = False
 
     def deliver(self, item: Any) -> None:
         """Hand a chunk, `_END` or an exception to the consumer (from any thread)."""
         try:
-            self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._put, item)
         except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
             self.cancel.set()
+
+    def _put(self, item: Any) -> None:
+        """On the consumer's loop: queue `item`, or end the answer once its reader is too far behind."""
+        if self.overrun:
+            return
+        if isinstance(item, np.ndarray):
+            self.unread += item.size
+            if self.max_behind is not None and self.unread > self.max_behind:
+                self.overrun = True
+                self.cancel.set()
+                item = TTSError("the reader fell too far behind the speech and the answer was stopped")
+        self.chunks.put_nowait(item)
 
 
 class SpeechStream(AsyncIterator[np.ndarray]):
@@ -65,6 +82,7 @@ class SpeechStream(AsyncIterator[np.ndarray]):
             if isinstance(item, BaseException):
                 raise item
             raise StopAsyncIteration
+        self._job.unread -= item.size
         return item
 
     async def aclose(self) -> None:
@@ -77,13 +95,21 @@ class SpeechScheduler:
     """Runs up to `engine.max_streams` answers at once, round-robin between keys, with bounded queues.
 
     `queue_size` bounds the answers waiting in total and `queue_per_key` those of one key, so one guild cannot
-    fill the queue for everybody; `slots_per_key` bounds one key's answers generating at once.
+    fill the queue for everybody; `slots_per_key` bounds one key's answers generating at once; `max_behind_s`
+    (None: no bound) the audio an answer's reader may leave unread before the answer is stopped.
     """
 
     def __init__(
-        self, engine: SpeechEngine, *, queue_size: int = 16, queue_per_key: int = 4, slots_per_key: int = 2
+        self,
+        engine: SpeechEngine,
+        *,
+        queue_size: int = 16,
+        queue_per_key: int = 4,
+        slots_per_key: int = 2,
+        max_behind_s: float | None = None,
     ) -> None:
         self._engine = engine
+        self._max_behind = None if max_behind_s is None else int(max_behind_s * engine.sample_rate)
         self._queue_size = queue_size
         self._queue_per_key = queue_per_key
         self._slots_per_key = slots_per_key
@@ -118,7 +144,7 @@ class SpeechScheduler:
             raise TTSError("the speech scheduler was closed")
         if self.waiting >= self._queue_size or len(self._waiting.get(key, ())) >= self._queue_per_key:
             raise TTSQueueFull.after(self.retry_after())
-        job = _Job(key, text, voice, asyncio.get_running_loop())
+        job = _Job(key, text, voice, asyncio.get_running_loop(), max_behind=self._max_behind)
         self._waiting.setdefault(key, deque()).append(job)
         self._last_turn.setdefault(key, -1)
         self._dispatch()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -16,7 +17,14 @@ import pytest
 from aiohttp import web
 
 from audio.speech import SpeechScheduler, TTSError, TTSQueueFull, Voice
-from audio.speech.remote import OPENAI_SAMPLE_RATE, PcmDecoder, RemoteConfig, RemoteEngine
+from audio.speech.remote import (
+    MAX_RETRY_AFTER_S,
+    OPENAI_SAMPLE_RATE,
+    PcmDecoder,
+    RemoteConfig,
+    RemoteEngine,
+    audio_cap_seconds,
+)
 from tests.fakes.speech_app import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,8 +48,9 @@ def ramp(count: int, start: int = 0) -> np.ndarray:
 
 
 class FakeSpeechAPI:
-    """Serves `/v1/models` and delegates `/v1/audio/speech` to `self.speech`; records each request's body and
-    headers; `disconnected` is set when a client goes away mid-answer."""
+    """Serves `/v1/models` (or redirects it to `models_redirect`) and delegates `/v1/audio/speech` to
+    `self.speech`; records each request's body and headers; `disconnected` is set when a client goes away
+    mid-answer."""
 
     def __init__(self, speech: Handler, models: dict | None = None) -> None:
         self.speech = speech
@@ -49,9 +58,12 @@ class FakeSpeechAPI:
         self.bodies: list[dict] = []
         self.headers: list[dict[str, str]] = []
         self.disconnected = asyncio.Event()
+        self.models_redirect: str | None = None
 
     async def _models(self, request: web.Request) -> web.Response:
         self.headers.append(dict(request.headers))
+        if self.models_redirect:
+            raise web.HTTPFound(self.models_redirect)
         return web.json_response(self.models)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
@@ -59,16 +71,18 @@ class FakeSpeechAPI:
         self.headers.append(dict(request.headers))
         try:
             return await self.speech(request)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):  # gone while waiting, or while writing
             self.disconnected.set()
             raise
 
 
 @asynccontextmanager
-async def serving(server: FakeSpeechAPI) -> AsyncIterator[str]:
+async def serving(server: FakeSpeechAPI, extra: list[web.RouteDef] = []) -> AsyncIterator[str]:  # noqa: B006
+    """`server` (and the `extra` routes) on a free loopback port; yields its URL."""
     app = web.Application()
     app.router.add_get("/v1/models", server._models)
     app.router.add_post("/v1/audio/speech", server._speech)
+    app.router.add_routes(extra)
     runner = web.AppRunner(app, handler_cancellation=True)  # a client that goes away cancels the handler
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -288,3 +302,135 @@ def test_the_bot_side_never_imports_torch_or_ray() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=ROOT
     )
     assert result.stdout.strip() == "[]"
+
+
+async def endless_pcm(request: web.Request, rate: int = 44100, samples: int = 4410) -> web.StreamResponse:
+    """A server that never stops sending audio (until the client goes away)."""
+    response = await start_pcm(request, rate)
+    while True:
+        await response.write(pcm(ramp(samples)))
+
+
+async def test_more_audio_than_the_text_needs_ends_the_answer() -> None:
+    text = "Yes."
+    async with serving(FakeSpeechAPI(endless_pcm)) as url, engine_for(url) as engine:
+        received: list[np.ndarray] = []
+
+        def read() -> None:
+            received.extend(engine.stream(text, VOICE))
+
+        with pytest.raises(TTSError, match=r"more than 5\.8 seconds of audio for an answer of 4 characters"):
+            await asyncio.to_thread(read)
+    assert audio_cap_seconds(text) == 5.8
+    assert sum(chunk.size for chunk in received) <= 5.8 * 44100
+
+
+async def test_a_server_that_trickles_meets_the_total_deadline() -> None:
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = await start_pcm(request)
+        while True:  # one sample at a time: never silent for `timeout`, never done
+            await response.write(pcm(ramp(1)))
+            await asyncio.sleep(0.01)
+
+    server = FakeSpeechAPI(trickle)
+    async with serving(server) as url, engine_for(url, timeout=5, total_timeout=0.5) as engine:
+        with pytest.raises(TTSError, match=r"did not finish the answer in 0\.5 seconds"):
+            await take(engine.stream("Yes.", VOICE))
+        await asyncio.wait_for(server.disconnected.wait(), 10)  # the connection was dropped
+
+
+def test_the_default_deadline_leaves_room_for_a_slow_server() -> None:
+    config = RemoteConfig("http://127.0.0.1:1", "parler")
+    assert config.deadline("x" * 50) == 60 + 3 * (5 + 10)
+    assert RemoteConfig("http://127.0.0.1:1", "parler", total_timeout=7).deadline("x" * 50) == 7
+
+
+@pytest.mark.parametrize("header", ["1", "0", "-44100", "192001", "fast"])
+async def test_an_implausible_sample_rate_header_is_an_error(header: str) -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"X-Sample-Rate": header})
+        await response.prepare(request)
+        await response.write(pcm(ramp(8)))
+        return response
+
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url, sample_rate=48000) as engine:
+        with pytest.raises(TTSError, match=r"X-Sample-Rate header .* is not between 8000 and 192000 Hz"):
+            await take(engine.stream("Yes.", VOICE))
+
+
+@pytest.mark.parametrize("rate", [0, -1, 1, 7999, 192_001, True, "44100x"])
+async def test_an_implausible_sample_rate_in_the_model_listing_is_an_error(rate: object) -> None:
+    server = FakeSpeechAPI(endless_pcm, models={"data": [{"id": "parler", "sample_rate": rate}]})
+    async with serving(server) as url:
+        with pytest.raises(TTSError, match=r"/v1/models .* is not between 8000 and 192000 Hz"):
+            await asyncio.to_thread(RemoteEngine.connect, RemoteConfig(url, "parler"))
+    with pytest.raises(TTSError, match="TTS_SAMPLE_RATE"):
+        RemoteEngine.connect(RemoteConfig("http://127.0.0.1:1", "parler", sample_rate=1))
+
+
+async def test_redirects_are_not_followed() -> None:
+    followed = asyncio.Event()
+
+    async def speech(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.set()
+        return web.Response(body=b"<html>not audio</html>", headers={"X-Sample-Rate": "44100"})
+
+    server = FakeSpeechAPI(speech)
+    async with serving(server, extra=[web.get("/elsewhere", elsewhere), web.get("/v2/models", elsewhere)]) as url:
+        async with engine_for(url, sample_rate=44100) as engine:
+            with pytest.raises(TTSError, match="answered 302 Found, a redirect, which is not followed"):
+                await take(engine.stream("Yes.", VOICE))
+        server.models_redirect = "/v2/models"
+        with pytest.raises(TTSError, match="a redirect, which is not followed"):
+            await asyncio.to_thread(RemoteEngine.connect, RemoteConfig(url, "parler"))
+    assert not followed.is_set()
+
+
+async def test_an_endless_error_body_is_read_only_in_part() -> None:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=500)
+        await response.prepare(request)
+        await response.write(b"CUDA out of memory " * 4)
+        while True:
+            await response.write(b"x" * 65536)
+
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url, sample_rate=44100) as engine:
+        with pytest.raises(TTSError, match="answered 500 Internal Server Error: CUDA out of memory") as failed:
+            await take(engine.stream("Yes.", VOICE))
+    assert len(str(failed.value)) < 400
+
+
+async def test_retry_after_is_bounded() -> None:
+    async def speech(request: web.Request) -> web.Response:
+        return web.json_response({}, status=429, headers={"Retry-After": "86400000"})
+
+    async with serving(FakeSpeechAPI(speech)) as url, engine_for(url) as engine:
+        with pytest.raises(TTSQueueFull) as busy:
+            await take(engine.stream("Yes.", VOICE))
+    assert busy.value.retry_after == MAX_RETRY_AFTER_S
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "warned"),
+    [
+        ("http://speech.internal:8000", "sesame", True),
+        ("http://10.0.0.7:8000/v1", "sesame", True),
+        ("https://speech.example", "sesame", False),
+        ("http://127.0.0.1:8000", "sesame", False),
+        ("http://localhost:8000", "sesame", False),
+        ("http://[::1]:8000", "sesame", False),
+        ("http://speech.internal:8000", None, False),
+    ],
+)
+def test_a_key_over_plain_http_to_another_host_is_warned_about(
+    url: str, key: str | None, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "audio.speech.remote")
+    engine = RemoteEngine.connect(RemoteConfig(url, "parler", api_key=key, sample_rate=24000))
+    engine.close()
+    warnings = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)
+    assert all(key not in message for message in warnings if key)

@@ -4,7 +4,15 @@ locally with the tiny Parler model on CPU, behind the remote engine the bot uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -16,16 +24,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from audio.serve import ServeSettings, SpeechDeployment
+from audio.serve import KEY_PLACEHOLDER, MAX_BEHIND_S, MAX_BODY_BYTES, ServeSettings, SpeechDeployment
 from audio.speech import TTSConfig, TTSError, Voice, synthesize
 from audio.speech.remote import RemoteConfig, RemoteEngine
 from audio.speech.server import SpeechServer
 from tests.bot.doubles import SineEngine, until
 from tests.e2e.harness import load_voiced_engine
-from tests.fakes.speech_app import FRAMES_PER_SENTENCE, local_speech_app
+from tests.fakes.speech_app import FRAMES_PER_SENTENCE, ROOT, free_port, local_speech_app
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -94,18 +104,39 @@ class GatedEngine(SineEngine):
             assert self.gate.wait(30)
 
 
-def post(body: dict[str, Any]) -> Request:
-    """A Starlette request as Serve's proxy hands it to the deployment."""
-    scope = {"type": "http", "method": "POST", "path": "/v1/audio/speech", "headers": [], "query_string": b""}
+def post(body: dict[str, Any] | bytes, headers: dict[str, str] | None = None, parts: int = 1) -> Request:
+    """A Starlette request as Serve's proxy hands it to the deployment: `body` (JSON, or raw bytes sent in
+    `parts` messages) with `headers`."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    size = -(-len(data) // parts)
+    messages = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/audio/speech",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "query_string": b"",
+    }
+    received = iter(range(len(messages)))
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        index = next(received, None)
+        if index is None:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": messages[index], "more_body": index < len(messages) - 1}
 
     return Request(scope, receive)
 
 
-def sine_server(engine: SineEngine, queue_size: int = 16) -> SpeechDeployment:
-    return SpeechDeployment(TTSConfig(model="sine"), queue_size=queue_size, engine_factory=lambda _: engine)
+def sine_server(engine: SineEngine, queue_size: int = 16, api_key: str | None = None) -> SpeechDeployment:
+    key = SecretStr(api_key) if api_key else None
+    return SpeechDeployment(TTSConfig(model="sine"), key, queue_size=queue_size, engine_factory=lambda _: engine)
+
+
+def refusal(response: Response) -> tuple[int, str]:
+    """The status and sentence of an error answer."""
+    assert isinstance(response, JSONResponse)
+    return response.status_code, json.loads(bytes(response.body))["error"]["message"]
 
 
 SPEECH = {"model": "sine", "input": "Outlook good.", "voice": "A calm voice.", "response_format": "pcm"}
@@ -137,10 +168,11 @@ async def test_a_full_queue_answers_429_with_retry_after() -> None:
     assert len(await body_of(running)) == len(await body_of(await waiting)) == 2 * round(13 * 0.01 * 16000)
 
 
-async def test_failures_before_and_after_the_first_chunk() -> None:
+async def test_failures_before_and_after_the_first_chunk(caplog: pytest.LogCaptureFixture) -> None:
     before = sine_server(SineEngine(fail_at={"*": 0}))
     response = await before(post(SPEECH))
-    assert response.status_code == 500 and b"synthetic TTS failure" in bytes(response.body)
+    assert refusal(response) == (500, "Speech generation failed; the server's log has the details.")
+    assert "synthetic TTS failure" in caplog.text  # the details stay in the log
 
     after = sine_server(SineEngine(fail_at={"*": 1}, chunk_seconds=0.05))
     with pytest.raises(TTSError):  # the server drops the connection: the client sees a cut stream
@@ -216,3 +248,253 @@ def test_a_client_disconnect_stops_generation(remote: RemoteEngine) -> None:
     assert after["served"] == before["served"]
     # Generation stopped early: far less than the 20 sentences was generated.
     assert after["generated_seconds"] - before["generated_seconds"] < sentences * SENTENCE_S / 2
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "sentence"),
+    [
+        (post(b"{" + b" " * MAX_BODY_BYTES + b"}", parts=8), 413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+        (post(b"{}", {"Content-Length": str(10**9)}), 413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+        (post(b"[" * 50_000 + b"]" * 50_000), 413, f"The body is larger than {MAX_BODY_BYTES} bytes."),
+        (post(b"[" * 30_000 + b"]" * 30_000), 400, "The body's JSON nests too deeply."),
+        (post(b"{'input': 1}"), 400, "The body must be JSON."),
+        (post({**SPEECH, "voice": "A calm voice. " * 100}), 400, "`voice` is longer than 1000 characters."),
+        (post({**SPEECH, "seed": 10**30}), 400, "`seed` must be an integer that fits in 64 bits."),
+        (post({**SPEECH, "seed": -(2**63) - 1}), 400, "`seed` must be an integer that fits in 64 bits."),
+        (post({**SPEECH, "seed": True}), 400, "`seed` must be an integer that fits in 64 bits."),
+        (post({**SPEECH, "seed": 4.5}), 400, "`seed` must be an integer that fits in 64 bits."),
+    ],
+    ids=["body", "declared-body", "nested-body", "nested", "not-json", "voice", "seed", "negative", "bool", "float"],
+)
+async def test_requests_it_cannot_serve_are_refused_before_the_engine(
+    request_: Request, status: int, sentence: str
+) -> None:
+    engine = SineEngine()
+    assert refusal(await sine_server(engine)(request_)) == (status, sentence)
+    assert engine.spoken == []
+
+
+async def test_seeds_at_the_ends_of_64_bits_are_served() -> None:
+    engine = SineEngine()
+    server = sine_server(engine)
+    for seed in (-(2**63), 2**63 - 1):
+        assert len(await body_of(await server(post({**SPEECH, "seed": seed})))) > 0
+    assert [voice.seed for _, voice in engine.spoken] == [-(2**63), 2**63 - 1]
+
+
+async def test_sentences_and_voices_over_the_token_limits_are_refused_before_any_audio(
+    local_engine: SpeechServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long second sentence used to fail in the middle of the answer, after the first one was sent."""
+    asked: list[str] = []
+    stream = local_engine.stream
+
+    def recording(text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
+        asked.append(text)
+        return stream(text, voice, cancel)
+
+    monkeypatch.setattr(local_engine, "stream", recording)
+    model = local_engine.config.model
+    server = SpeechDeployment(TTSConfig(model=model), engine_factory=lambda _: local_engine)
+    speech = {"model": model, "input": "Yes.", "voice": "A calm voice."}
+    long_sentence = " ".join(["word"] * 300) + "."
+    for change, sentence in [
+        (
+            {"input": f"Yes. {long_sentence}"},
+            r"Sentence 2 of `input` is \d+ tokens long; the model takes at most 256\.",
+        ),
+        ({"voice": "a " * 400}, r"`voice` is \d+ tokens long; the model takes at most 256\."),
+    ]:
+        status, message = refusal(await server(post({**speech, **change})))
+        assert status == 400 and re.fullmatch(sentence, message), message
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        ("Bearer k3y", 200),
+        ("bearer k3y", 200),
+        ("BEARER  k3y ", 200),
+        ("Bearer wrong", 401),
+        ("Basic k3y", 401),
+        ("k3y", 401),
+    ],
+)
+async def test_the_bearer_scheme_is_case_insensitive(authorization: str, status: int) -> None:
+    server = sine_server(SineEngine(), api_key="k3y")
+    request = post(SPEECH, {"Authorization": authorization})
+    assert (await server(request)).status_code == status
+
+
+async def test_the_replica_reads_its_own_key_and_warns_without_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_server = sine_server(SineEngine())  # no key in the app's arguments nor in this process
+    assert "No TTS_API_KEY" in caplog.text
+    assert (await open_server(post(SPEECH))).status_code == 200
+    caplog.clear()
+    monkeypatch.setenv("TTS_API_KEY", "from-the-replica-node")
+    server = sine_server(SineEngine())
+    assert "No TTS_API_KEY" not in caplog.text
+    assert (await server(post(SPEECH))).status_code == 401
+    assert (await server(post(SPEECH, {"Authorization": "Bearer from-the-replica-node"}))).status_code == 200
+
+
+def test_the_sample_config_placeholder_is_not_a_key() -> None:
+    with pytest.raises(ValidationError, match="replace REPLACE-WITH-A-SECRET with a secret"):
+        ServeSettings(_env_file=None, tts_api_key=KEY_PLACEHOLDER)  # type: ignore[call-arg]
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    assert config["applications"][0]["args"]["tts_api_key"] == KEY_PLACEHOLDER
+
+
+async def test_a_reader_too_far_behind_is_stopped_and_leaves_the_engine() -> None:
+    engine = SineEngine(seconds_per_char=1.0, chunk_seconds=1.0)
+    server = sine_server(engine)
+    answer_s = 2 * MAX_BEHIND_S
+    response = await server(post({**SPEECH, "input": "a" * int(answer_s)}))  # its body is never read
+    await until(lambda: server._health()["running"] == 0)
+    # The engine stopped soon after the bound instead of generating the whole answer for nobody.
+    assert server._health()["generated_seconds"] <= MAX_BEHIND_S + 2
+    with pytest.raises(TTSError, match="fell too far behind"):
+        await body_of(response)
+
+
+class LoopbackCluster:
+    """The README's cluster recipe on this machine: a head node and a "GPU" node started by `ray start` in
+    environments of their own, sharing Ray's token (token authentication on) through a private HOME.
+
+    Every process is found by the cluster's own temp folder and stopped by its id (never `ray stop`, which would
+    stop other Ray clusters of this user too)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))  # short: Ray's socket paths are bounded
+        self.env = {
+            **os.environ,
+            "HOME": str(folder),
+            "RAY_AUTH_MODE": "token",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        self.env.pop("TTS_API_KEY", None)
+        self.gcs = free_port()
+        self.dashboard = free_port()
+        self.http = free_port()
+
+    def ray(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        """Run the `ray` CLI of this interpreter's environment; its output."""
+        command = [str(Path(sys.executable).with_name("ray")), *args]
+        done = subprocess.run(command, env=env or self.env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def node_options(self) -> list[str]:
+        ports = {
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+        }
+        return [
+            *(f"{option}={port}" for option, port in ports.items()),
+            "--num-cpus=1",
+            f"--object-store-memory={100 * 1024 * 1024}",
+            "--disable-usage-stats",
+        ]
+
+    def start(self) -> None:
+        self.ray("get-auth-token", "--generate")  # ~/.ray/auth_token, as any local ray.init() writes it
+        self.ray(
+            "start",
+            "--head",
+            f"--port={self.gcs}",
+            f"--temp-dir={self.temp}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard}",
+            f"--ray-client-server-port={free_port()}",
+            *self.node_options(),
+        )
+        gpu_node = {**self.env, "TTS_API_KEY": "cluster-secret"}  # exported on the GPU node only
+        self.ray(
+            "start",
+            f"--address=127.0.0.1:{self.gcs}",
+            '--resources={"speech_node": 1}',
+            *self.node_options(),
+            env=gpu_node,
+        )
+
+    def processes(self) -> list[int]:
+        """The ids of this cluster's processes: those whose command line names its temp folder, and their
+        descendants (Ray's workers rename themselves `ray::...`)."""
+        parents: dict[int, int] = {}
+        ours: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                command = (entry / "cmdline").read_bytes()
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if str(self.temp).encode() in command and int(entry.name) != os.getpid():
+                    ours.add(int(entry.name))
+        grown = True
+        while grown:
+            children = {pid for pid, parent in parents.items() if parent in ours} - ours
+            ours |= children
+            grown = bool(children)
+        return sorted(ours)
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while self.processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_the_cluster_recipe_requires_the_key_set_on_the_gpu_node(tiny_parler_dir: Path, tmp_path: Path) -> None:
+    """Two `ray start` nodes, `TTS_API_KEY` exported on the GPU node only, `serve deploy` of the sample config
+    (without its key line) on the head node: the replica on the GPU node reads the key itself."""
+    cluster = LoopbackCluster(tmp_path)
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    config["proxy_location"] = "HeadOnly"  # two proxies on one machine would want the same port
+    config["http_options"] = {"host": "127.0.0.1", "port": cluster.http}
+    app = config["applications"][0]
+    del app["args"]["tts_api_key"]
+    app["args"].update(tts_model=str(tiny_parler_dir), tts_replica_gpus=0)
+    deployment = app["deployments"][0]
+    deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    deployment["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0, "resources": {"speech_node": 1}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{cluster.http}"
+    try:
+        cluster.start()
+        serve_cli = str(Path(sys.executable).with_name("serve"))
+        subprocess.run(
+            [serve_cli, "deploy", str(tmp_path / "serve.yaml"), f"--address=http://127.0.0.1:{cluster.dashboard}"],
+            env=cluster.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the replica loads the model on the GPU node
+            try:
+                if call(f"{url}/healthz", key=None)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            time.sleep(1)
+        assert call(f"{url}/healthz", key=None)[0] == 200
+        assert call(f"{url}/v1/models", key=None)[0] == 401
+        assert call(f"{url}/v1/models", key="wrong")[0] == 401
+        status, models = call(f"{url}/v1/models", key="cluster-secret")
+        assert status == 200 and models["data"][0]["id"] == str(tiny_parler_dir)
+    finally:
+        cluster.stop()
+    assert cluster.processes() == []

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from audio.speech.remote import RemoteEngine
 from bot.client import SpeechStatus
-from bot.services import build_oracle, build_transcriber, server_token
+from bot.services import build_oracle, build_speech_engine, build_transcriber, server_token
 from tests.bot.doubles import SineEngine, until
 from tests.bot.helpers import Scene, answered, make_settings, running_bot, spoken_question
 from tests.fakes.inference import FakeInference
@@ -91,3 +93,15 @@ async def test_the_bot_closes_the_engine_it_built_and_leaves_a_given_one_open(
     async with running_bot(scene.emu, make_settings(tmp_path), tts=given):
         pass
     assert not given.closed  # a caller's engine (shared by tests, the CLI) outlives the bot
+
+
+def test_the_remote_speech_limits_come_from_the_settings(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9"  # nothing is asked of it: the rate is configured
+    settings = make_settings(tmp_path, tts_base_url=url, tts_sample_rate=24000, tts_total_timeout=7)
+    engine = build_speech_engine(settings)
+    try:
+        assert isinstance(engine, RemoteEngine) and engine.config.deadline("Yes.") == 7
+    finally:
+        engine.close()
+    with pytest.raises(ValidationError, match="tts_sample_rate"):
+        make_settings(tmp_path, tts_sample_rate=1)
