@@ -57,8 +57,8 @@ async def health_problems(bot: MagicBot) -> dict[str, str]:
         reachable = False
     if not reachable:
         problems["store"] = "The database does not answer."
-    if bot.speech_status.name in ("LOADING", "FAILED"):
-        problems["tts"] = bot.speech_status.note
+    if speech := bot.speech_problem():  # loading, failed to load (retrying), or an engine that reports a fault
+        problems["tts"] = speech
     return problems
 
 

@@ -65,13 +65,14 @@ class FakeSpeechAPI:
 
 
 @asynccontextmanager
-async def serving(server: FakeSpeechAPI) -> AsyncIterator[str]:
+async def serving(server: FakeSpeechAPI, port: int = 0) -> AsyncIterator[str]:
+    """Serve `server` on `port` of the loopback (0: a free one); yields its base URL."""
     app = web.Application()
     app.router.add_get("/v1/models", server._models)
     app.router.add_post("/v1/audio/speech", server._speech)
     runner = web.AppRunner(app, handler_cancellation=True)  # a client that goes away cancels the handler
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
