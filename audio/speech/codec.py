@@ -100,24 +100,43 @@ def chunk_frames(first_s: float, chunk_s: float, frame_rate: float) -> Iterator[
         seconds *= 2
 
 
-class Busy:
-    """How long a thread has been inside its current piece of work (a step, a codec call): stalls show here."""
+class WorkerThread:
+    """A daemon thread that does pieces of work (decoding steps, codec calls) and can tell when one hangs."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: Callable[[], None], name: str, work: str, stall_s: float) -> None:
+        """`work` names one piece of work in sentences; one running longer than `stall_s` seconds hangs."""
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        self._work = work
+        self._stall_s = stall_s
         self._since: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
 
     @contextmanager
     def working(self) -> Iterator[None]:
+        """Time one piece of work."""
         self._since = time.monotonic()
         try:
             yield
         finally:
             self._since = None
 
-    def seconds(self) -> float:
-        """Seconds inside the current piece of work; 0 when idle."""
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for the thread to end; False (and a warning) if it did not."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("The %s thread did not stop within %g seconds", self._thread.name, timeout)
+        return not self._thread.is_alive()
+
+    def stuck(self) -> str:
+        """Why work given to the thread may never be done (a sentence), or "" while it works."""
+        if not self._thread.is_alive():
+            return f"the {self._thread.name} thread has stopped"
         since = self._since
-        return 0.0 if since is None else time.monotonic() - since
+        if since is not None and (seconds := time.monotonic() - since) > self._stall_s:
+            return f"a {self._work} has been running for {seconds:.0f} seconds"
+        return ""
 
 
 Sink = Callable[[Any], None]
@@ -142,13 +161,11 @@ class CodecWorker:
     ) -> None:
         self._decode_batch = decode_batch
         self._max_batch = max_batch
-        self._stall_s = stall_s
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: dict[Sink, deque[tuple[Block | None, Any]]] = {}
         self._delivered: dict[Sink, int] = {}
         self._decoding: list[tuple[Sink, Any]] = []  # the heads taken out of `_pending` for the current call
-        self.busy = Busy()
-        self._thread = threading.Thread(target=self._run, name="speech-codec", daemon=True)
+        self._thread = WorkerThread(self._run, "speech-codec", "speech codec call", stall_s)
         self._thread.start()
 
     def submit(
@@ -164,18 +181,11 @@ class CodecWorker:
     def close(self, timeout: float = 10.0) -> bool:
         """Stop after the jobs already queued, waiting at most `timeout` seconds; False if it did not stop."""
         self._jobs.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("The speech codec worker did not stop within %g seconds", timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def stuck(self) -> str:
         """Why blocks given to the worker may never be delivered (a sentence), or "" when it works."""
-        if not self._thread.is_alive():
-            return "the speech codec worker has stopped"
-        if (seconds := self.busy.seconds()) > self._stall_s:
-            return f"a speech codec call has been running for {seconds:.0f} seconds"
-        return ""
+        return self._thread.stuck()
 
     def _run(self) -> None:
         stopping = False
@@ -250,7 +260,7 @@ class CodecWorker:
         heads = [self._pending[sink].popleft() for sink in group]
         self._decoding = [(sink, extra) for sink, (_, extra) in zip(group, heads, strict=True)]
         try:
-            with self.busy.working():
+            with self._thread.working():
                 audio = self._decode_batch(torch.stack([block.codes for block, _ in heads]))
         except BaseException as exc:  # one bad call must not end the worker
             log.exception("Codec decode failed for %d blocks", len(heads))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from audio.speech.codec import Busy, CodecWorker, FrameBlocks, chunk_frames
+from audio.speech.codec import CodecWorker, FrameBlocks, WorkerThread, chunk_frames
 from audio.speech.decoder import ParlerDecoder
 from audio.speech.rules import Rules
 from audio.speech.slots import VoiceCache, VoiceContext, batch_buckets, bucket, length_buckets
@@ -117,10 +117,8 @@ class DecodingLoop:
         self._pending: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
-        self._stall_s = stall_s
-        self.busy = Busy()
         self.failures = 0  # failed steps and loop failures since the last good step
-        self._thread = threading.Thread(target=self._run, name="speech-decoder", daemon=True)
+        self._thread = WorkerThread(self._run, "speech-decoder", "speech decoding step", stall_s)
         self._thread.start()
 
     # --- public -------------------------------------------------------------------------------------------------
@@ -144,18 +142,11 @@ class DecodingLoop:
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("The speech decoding loop did not stop within %g seconds", timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def stuck(self) -> str:
         """Why requests given to the loop may never end (a sentence), or "" while it runs."""
-        if not self._thread.is_alive():
-            return "the speech decoding loop has stopped"
-        if (seconds := self.busy.seconds()) > self._stall_s:
-            return f"a speech decoding step has been running for {seconds:.0f} seconds"
-        return ""
+        return self._thread.stuck()
 
     def failing(self) -> str:
         """Why the loop fails every answer now (a sentence: e.g. a device in a sticky error), or ""."""
@@ -197,11 +188,11 @@ class DecodingLoop:
     def _serve(self) -> None:
         with torch.inference_mode():
             while True:
-                with self.busy.working():
+                with self._thread.working():
                     self._release_stopped()
                 if (admitted := self._admit()) is None:
                     break
-                with self.busy.working():
+                with self._thread.working():
                     for request in admitted:
                         self._rows.append(_Row(request))
                         self._next_sentence(len(self._rows) - 1)
