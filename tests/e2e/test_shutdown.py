@@ -5,7 +5,9 @@ is bounded while the voice loads, and a second SIGTERM ends the process at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +18,7 @@ from bot.shutdown import CANNOT_FINISH, REFUSAL
 from bot.store import GuildStore
 from tests.bot.doubles import until
 from tests.bot.helpers import Scene
-from tests.fakes.bot_process import spawn
+from tests.fakes.bot_process import ROOT, spawn
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(120)
@@ -119,3 +121,15 @@ async def test_a_second_sigterm_ends_the_process_at_once(
             assert line, "the bot exited without shutting down"
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == -signal.SIGTERM
+
+
+async def test_a_process_that_cannot_exit_is_ended_after_the_grace() -> None:
+    hanging = "import threading\nfrom bot.client import _exit_later\n_exit_later(0.5)\nthreading.Event().wait()\n"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", hanging, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    try:
+        assert await asyncio.wait_for(process.wait(), 60) == 1  # the main thread never returns by itself
+    finally:
+        if process.returncode is None:
+            process.kill()
