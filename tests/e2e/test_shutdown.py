@@ -17,7 +17,7 @@ import pytest
 from bot.shutdown import CANNOT_FINISH, REFUSAL
 from bot.store import GuildStore
 from tests.bot.doubles import until
-from tests.bot.helpers import Scene
+from tests.bot.helpers import Scene, answered
 from tests.fakes.bot_process import ROOT, spawn
 from tests.fakes.inference import FakeInference
 
@@ -99,6 +99,8 @@ async def test_the_exit_is_bounded_while_the_voice_loads(scene: Scene, tmp_path:
         async with spawn(scene.emu, tmp_path, env) as process:
             await scene.emu.wait_for(lambda: scene.emu.command_syncs, 60, "the bot process to sync its commands")
             await asyncio.wait_for(connected.wait(), 30)  # the voice is loading
+            record = await scene.ask("Are you there?")
+            await record.wait_for(answered, 30)  # connected to the gateway: only the voice is still loading
             process.send_signal(signal.SIGTERM)
             assert process.stderr is not None
             stderr = await asyncio.wait_for(process.stderr.read(), 60)
@@ -112,7 +114,7 @@ async def test_a_second_sigterm_ends_the_process_at_once(
     env = {"LLM_BASE_URL": f"{fake_inference.url}/llm", "SHUTDOWN_SECONDS": "3600"}
     async with spawn(scene.emu, tmp_path, env) as process:
         await scene.emu.wait_for(lambda: scene.emu.command_syncs, 60, "the bot process to sync its commands")
-        fake_inference.slow(3600)  # the graceful shutdown would wait for this answer for 40 minutes
+        fake_inference.slow(40)  # the graceful shutdown would wait for this answer (the fake server waits it out)
         await scene.ask("Will it stop?")
         await until(lambda: fake_inference.requests, 30)  # the question reached the oracle
         process.send_signal(signal.SIGTERM)
