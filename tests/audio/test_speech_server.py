@@ -622,6 +622,35 @@ def test_a_stuck_codec_ends_the_waiting_answers_and_makes_the_server_unhealthy(
         server.close()
 
 
+def test_a_hung_decoding_step_ends_the_waiting_answers_until_it_returns(
+    tiny_parler_dir: Path, pool: ThreadPoolExecutor
+) -> None:
+    server = SpeechServer.load(
+        tiny_config(tiny_parler_dir, max_batch=2), frames_per_sentence=FRAMES, decode=silent_decode, stall_s=1.0
+    )
+    step, hung, release = server.loop.runner, threading.Event(), threading.Event()
+
+    def hanging(*args: Any) -> torch.Tensor:
+        if not release.is_set():
+            hung.set()
+            assert release.wait(WAIT)
+        return step(*args)
+
+    server.loop.runner = hanging
+    try:
+        run = start(pool, server, *answer(0))
+        assert hung.wait(WAIT)
+        assert isinstance(run.result().error, TTSError)
+        assert "decoding step has been running" in str(run.error)
+        assert "decoding step" in server.health().problem
+        release.set()
+        assert len(solo(server, *answer(0))) == FRAMES  # the step returned: the server serves again
+        assert server.health().ok
+    finally:
+        release.set()
+        server.close()
+
+
 def test_answers_ended_by_close_are_not_decoded_any_further(tiny_parler_dir: Path, pool: ThreadPoolExecutor) -> None:
     codec = GatedCodec()
     server = SpeechServer.load(tiny_config(tiny_parler_dir, max_batch=2), frames_per_sentence=FRAMES, decode=codec)
