@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from audio.speech import (
     DEFAULT_SEED,
+    EngineHealth,
     SpeechEngine,
     SpeechScheduler,
     TTSConfig,
@@ -51,6 +52,7 @@ from audio.speech import (
     TTSQueueFull,
     Voice,
     split_sentences,
+    engine_health,
 )
 from audio.speech import load_engine as _load_engine
 
@@ -142,6 +144,9 @@ class _MeteredEngine:
             with self._lock:
                 self.samples += chunk.size
             yield chunk
+
+    def health(self) -> EngineHealth:
+        return engine_health(self._engine)
 
 
 def to_s16le(chunk: np.ndarray) -> bytes:
@@ -266,9 +271,17 @@ class SpeechDeployment:
             "max_streams": self._engine.max_streams,
         }
 
+    def check_health(self) -> None:
+        """Serve's periodic replica check: a hung engine, or one whose steps keep failing (a sticky CUDA error),
+        raises, and Serve replaces the replica."""
+        if problem := self._engine.health().problem:
+            raise RuntimeError(f"The speech engine is unhealthy: {problem}")
+
     def _health(self) -> dict[str, Any]:
+        problem = self._engine.health().problem
         return {
-            "status": "ok",
+            "status": "unhealthy" if problem else "ok",
+            **({"problem": problem} if problem else {}),
             "model": self._model,
             "running": self._scheduler.running,
             "waiting": self._scheduler.waiting,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from typing import cast
@@ -22,7 +25,7 @@ from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe, run_ffmpeg_work
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.speech import SpeechEngine, SpeechScheduler, SpeechStackError, Voice
+from audio.speech import SpeechEngine, SpeechScheduler, SpeechStackError, Voice, close_engine, engine_health
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.admission import Admission
 from bot.discord_io import NO_PINGS, tell
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 
 COGS = ("ask", "voice", "voice_messages", "admin")
 _PERMISSION_NAMES = {"manage_guild": "Manage Server"}
+LOAD_RETRY_S = (2.0, 120.0)
+"""The pause before loading the voice again after a failure: the first one, doubling up to the second."""
+EXIT_GRACE_S = 5.0
+"""How long past SHUTDOWN_SECONDS a stopping process may take to exit before it is ended regardless."""
 
 
 class SpeechStatus(enum.Enum):
@@ -129,6 +136,7 @@ class MagicBot(commands.AutoShardedBot):
         self.ffmpeg = ""
         self._given_engine = tts  # belongs to the caller; an engine the bot builds is closed with it
         self._built_engine: SpeechEngine | None = None
+        self.engine: SpeechEngine | None = None  # the engine in use, once ready
         self._tts_loader: asyncio.Task[None] | None = None
         self.monitoring = MonitoringServer(self)
         # Graceful shutdown (bot.shutdown): no new questions once closing; those in flight are tracked.
@@ -152,23 +160,43 @@ class MagicBot(commands.AutoShardedBot):
             await self.load_extension(f"bot.cogs.{name}")
         if self._given_engine is not None:
             self._use_engine(self._given_engine)
-        elif self.settings.tts_enabled:
+        elif self.settings.tts_enabled and not (self.closing or self.is_closed()):  # a SIGTERM during start-up
             self.speech_status = SpeechStatus.LOADING
             self._tts_loader = asyncio.create_task(self._load_tts(), name="tts-load")
         await self._sync_commands()
 
     async def _load_tts(self) -> None:
-        try:
-            engine = await asyncio.to_thread(build_speech_engine, self.settings)
-        except SpeechStackError as error:
-            log.error("%s Answers stay text only.", error)
-            self.speech_status = SpeechStatus.FAILED
-        except Exception:
-            log.exception("Loading the speech engine failed; answers stay text only")
-            self.speech_status = SpeechStatus.FAILED
-        else:
-            self._built_engine = engine
-            self._use_engine(engine)
+        """Load the engine; after a failure (e.g. the speech server is down) try again, with backoff, until it
+        loads or the bot closes. Answers are text only meanwhile."""
+        pause = LOAD_RETRY_S[0]
+        while True:
+            try:
+                engine = await _load_engine_in_background(self.settings)
+            except SpeechStackError as error:  # an install problem: loading again would fail the same way
+                log.error("%s Answers stay text only.", error)
+                self.speech_status = SpeechStatus.FAILED
+                return
+            except Exception as exc:
+                if self.speech_status is SpeechStatus.LOADING:
+                    log.exception("Loading the speech engine failed; answers are text only until it loads")
+                else:
+                    log.warning("Loading the speech engine failed again: %s", exc)
+                log.info("Loading the speech engine again in %g seconds", pause)
+                self.speech_status = SpeechStatus.FAILED
+                await asyncio.sleep(pause)
+                pause = min(LOAD_RETRY_S[1], pause * 2)
+            else:
+                self._built_engine = engine
+                self._use_engine(engine)
+                return
+
+    def speech_problem(self) -> str:
+        """Why speech does not work now, as a sentence for `/healthz`; empty when it works or is turned off."""
+        if self.speech_status in (SpeechStatus.LOADING, SpeechStatus.FAILED):
+            return self.speech_status.note
+        if self.engine is not None and not (health := engine_health(self.engine)).ok:
+            return f"The voice is not working: {health.problem}."
+        return ""
 
     def _use_engine(self, engine: SpeechEngine) -> None:
         self.speech = SpeechScheduler(
@@ -177,6 +205,7 @@ class MagicBot(commands.AutoShardedBot):
             queue_per_key=self.settings.tts_queue_per_guild,
             slots_per_key=self.settings.tts_slots_per_guild,
         )
+        self.engine = engine
         self.sample_rate = engine.sample_rate
         self.speech_status = SpeechStatus.READY
         log.info("The voice is ready (%s Hz)", engine.sample_rate)
@@ -201,8 +230,8 @@ class MagicBot(commands.AutoShardedBot):
         await super().close()  # unloads the cogs, which stop their players
         if self.speech is not None:
             await self.speech.close()
-        if (close_engine := getattr(self._built_engine, "close", None)) is not None:  # threads, HTTP sessions
-            await asyncio.to_thread(close_engine)
+        if self._built_engine is not None:  # threads, HTTP sessions
+            await asyncio.to_thread(close_engine, self._built_engine)
         await self.store.close()
         await self.monitoring.stop()
 
@@ -247,6 +276,48 @@ class MagicBot(commands.AutoShardedBot):
         return await run_ffmpeg_work(encode_voice_message, samples, self.sample_rate, ffmpeg=self.ffmpeg)
 
 
+async def _load_engine_in_background(settings: Settings) -> SpeechEngine:
+    """`build_speech_engine` on a daemon thread of its own: unlike `asyncio.to_thread`, a process that stops does
+    not wait for a model download or a hung speech server. If the caller is cancelled first, an engine that
+    arrives after all is closed, and a load that has not begun never starts."""
+    future: concurrent.futures.Future[SpeechEngine] = concurrent.futures.Future()
+
+    def load() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(build_speech_engine(settings))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=load, name="speech-load", daemon=True).start()
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_unused)
+        raise
+
+
+def _close_unused(future: concurrent.futures.Future[SpeechEngine]) -> None:
+    """Close the engine a cancelled load delivered anyway."""
+    if not future.cancelled() and future.exception() is None:
+        log.info("Closing the speech engine that finished loading after the bot closed")
+        close_engine(future.result())
+
+
+def _exit_later(seconds: float) -> None:
+    """End the process in `seconds` if it is still running then, whatever it waits for (a daemon timer)."""
+
+    def end() -> None:
+        log.warning("The process did not exit within %g seconds of SIGTERM; exiting now", seconds)
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
+
+
 def build_bot(
     settings: Settings,
     *,
@@ -266,15 +337,23 @@ def build_bot(
 
 
 def run(settings: Settings) -> None:
-    """Run the bot until it is stopped: Ctrl+C, or SIGTERM (a graceful shutdown within SHUTDOWN_SECONDS)."""
+    """Run the bot until it is stopped: Ctrl+C, or SIGTERM (a graceful shutdown within SHUTDOWN_SECONDS; the
+    process exits at most EXIT_GRACE_S later whatever is still loading, and at once on a second SIGTERM)."""
     setup_logging(settings.log_level, settings.log_format)
     assert settings.discord_token is not None
 
     async def main() -> None:
         async with build_bot(settings) as bot:
             terminated = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            def on_sigterm() -> None:
+                loop.remove_signal_handler(signal.SIGTERM)  # back to the default: a second SIGTERM ends it at once
+                _exit_later(settings.shutdown_seconds + EXIT_GRACE_S)
+                terminated.set()
+
             if threading.current_thread() is threading.main_thread():  # signal handlers need the main thread
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
+                loop.add_signal_handler(signal.SIGTERM, on_sigterm)
             running = asyncio.create_task(bot.start(settings.discord_token.get_secret_value().strip()))
             waiting = asyncio.create_task(terminated.wait())
             await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)

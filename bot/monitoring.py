@@ -50,8 +50,8 @@ async def health_problems(bot: MagicBot) -> dict[str, str]:
         problems["shards"] = f"Not connected to the Discord gateway: shard {', '.join(map(str, down))}."
     if not await bot.store.ping():  # a read of a table, at most one per few seconds (GuildStore.ping)
         problems["store"] = "The database does not answer."
-    if bot.speech_status.name in ("LOADING", "FAILED"):
-        problems["tts"] = bot.speech_status.note
+    if speech := bot.speech_problem():  # loading, failed to load (retrying), or an engine that reports a fault
+        problems["tts"] = speech
     return problems
 
 

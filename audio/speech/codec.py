@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from audio.speech.voice import TTSError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,45 @@ def chunk_frames(first_s: float, chunk_s: float, frame_rate: float) -> Iterator[
         seconds *= 2
 
 
+class WorkerThread:
+    """A daemon thread that does pieces of work (decoding steps, codec calls) and can tell when one hangs."""
+
+    def __init__(self, target: Callable[[], None], name: str, work: str, stall_s: float) -> None:
+        """`work` names one piece of work in sentences; one running longer than `stall_s` seconds hangs."""
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        self._work = work
+        self._stall_s = stall_s
+        self._since: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Time one piece of work."""
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for the thread to end; False (and a warning) if it did not."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("The %s thread did not stop within %g seconds", self._thread.name, timeout)
+        return not self._thread.is_alive()
+
+    def stuck(self) -> str:
+        """Why work given to the thread may never be done (a sentence), or "" while it works."""
+        if not self._thread.is_alive():
+            return f"the {self._thread.name} thread has stopped"
+        since = self._since
+        if since is not None and (seconds := time.monotonic() - since) > self._stall_s:
+            return f"a {self._work} has been running for {seconds:.0f} seconds"
+        return ""
+
+
 Sink = Callable[[Any], None]
 _STOP = object()
 
@@ -108,16 +151,21 @@ class CodecWorker:
     far, so a new answer's first chunk never waits behind the rest of longer answers. Heads of several requests
     with the same number of frames go through `decode_batch` ((batch, codebooks, n) codes → one sample array each)
     together, up to `max_batch` per call (1 on CPUs, where a batched DAC decode costs more per block than one at a
-    time). A codec failure reaches the sink of the block concerned as the exception and calls its `on_error`.
+    time). A codec failure reaches the sink of the block concerned as the exception and calls its `on_error`; a
+    failure anywhere else in the worker ends every request it holds with `TTSError`, and the worker goes on.
+    A call running longer than `stall_s` makes `stuck()` say so (a decode that never returns).
     """
 
-    def __init__(self, decode_batch: Callable[[torch.Tensor], list[np.ndarray]], max_batch: int = 32) -> None:
+    def __init__(
+        self, decode_batch: Callable[[torch.Tensor], list[np.ndarray]], max_batch: int = 32, stall_s: float = 30.0
+    ) -> None:
         self._decode_batch = decode_batch
         self._max_batch = max_batch
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: dict[Sink, deque[tuple[Block | None, Any]]] = {}
         self._delivered: dict[Sink, int] = {}
-        self._thread = threading.Thread(target=self._run, name="speech-codec", daemon=True)
+        self._decoding: list[tuple[Sink, Any]] = []  # the heads taken out of `_pending` for the current call
+        self._thread = WorkerThread(self._run, "speech-codec", "speech codec call", stall_s)
         self._thread.start()
 
     def submit(
@@ -130,30 +178,58 @@ class CodecWorker:
         """Hand `item` (the request's last) to `sink` once every block submitted before it has been delivered."""
         self._jobs.put((sink, None, item))
 
-    def close(self) -> None:
-        """Stop after the jobs already queued."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop after the jobs already queued, waiting at most `timeout` seconds; False if it did not stop."""
         self._jobs.put(_STOP)
-        self._thread.join()
+        return self._thread.join(timeout)
+
+    def stuck(self) -> str:
+        """Why blocks given to the worker may never be delivered (a sentence), or "" when it works."""
+        return self._thread.stuck()
 
     def _run(self) -> None:
         stopping = False
+        while not (stopping and not self._pending):
+            try:
+                stopping = self._take_jobs(stopping)
+                self._deliver_markers()
+                if self._pending:
+                    self._decode_next()
+            except BaseException as exc:  # nobody may wait forever for a dead worker
+                log.exception("The speech codec worker failed; the answers it held end")
+                self._fail_all(exc)
+
+    def _take_jobs(self, stopping: bool) -> bool:
+        """Move the queued jobs to the requests' queues (waiting for one when idle); True once told to stop."""
+        job = self._jobs.get() if not self._pending else None
         while True:
-            if not self._pending and stopping:
-                return
-            job = self._jobs.get() if not self._pending else None
-            while True:
-                if job is _STOP:
-                    stopping = True
-                elif job is not None:
-                    sink, block, extra = job
-                    self._pending.setdefault(sink, deque()).append((block, extra))
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-            self._deliver_markers()
-            if self._pending:
-                self._decode_next()
+            if job is _STOP:
+                stopping = True
+            elif job is not None:
+                sink, block, extra = job
+                self._pending.setdefault(sink, deque()).append((block, extra))
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return stopping
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """End every request the worker holds with `TTSError`; their blocks still to come are skipped."""
+        error = TTSError(f"the speech codec failed: {exc}")
+        held: dict[Sink, list[Any]] = {}
+        for sink, extra in self._decoding:
+            held.setdefault(sink, []).append(extra)
+        for sink, jobs in self._pending.items():
+            held.setdefault(sink, []).extend(extra for block, extra in jobs if block is not None)
+        self._decoding, self._pending = [], {}
+        for sink, extras in held.items():
+            self._delivered.pop(sink, None)
+            try:
+                for on_error, _skip in extras:
+                    on_error()
+                sink(error)
+            except BaseException:  # one broken sink must not keep the others waiting
+                log.exception("Ending a speech request failed")
 
     def _deliver_markers(self) -> None:
         """Hand out the markers at the head of each request's queue (they need no codec)."""
@@ -182,9 +258,11 @@ class CodecWorker:
         shape = self._pending[order[0]][0][0].codes.shape
         group = [sink for sink in order if self._pending[sink][0][0].codes.shape == shape][: self._max_batch]
         heads = [self._pending[sink].popleft() for sink in group]
+        self._decoding = [(sink, extra) for sink, (_, extra) in zip(group, heads, strict=True)]
         try:
-            audio = self._decode_batch(torch.stack([block.codes for block, _ in heads]))
-        except Exception as exc:  # one bad call must not end the worker
+            with self._thread.working():
+                audio = self._decode_batch(torch.stack([block.codes for block, _ in heads]))
+        except BaseException as exc:  # one bad call must not end the worker
             log.exception("Codec decode failed for %d blocks", len(heads))
             for sink, (_, (on_error, _skip)) in zip(group, heads, strict=True):
                 on_error()
@@ -196,6 +274,7 @@ class CodecWorker:
                 self._delivered[sink] = self._delivered.get(sink, 0) + chunk.size
                 if chunk.size:
                     sink(chunk)
+        self._decoding = []
         for sink in group:
             if not self._pending[sink]:
                 del self._pending[sink]

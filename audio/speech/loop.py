@@ -4,6 +4,9 @@ Each answer (`Request`) holds one row from its first prefill to its last frame, 
 request is prefilled alone into the next free row between two steps and joins the batch at the next step; a
 finished, cancelled or failed one leaves at once and the last row moves into its place, so the batch stays packed.
 Frames go to the codec worker in blocks; the loop never waits for audio.
+
+Nothing stops the loop but `close()`: a failure of the loop itself (any exception, even a `BaseException`) ends
+every answer it holds with `TTSError` and the loop starts again. `stuck()` and `failing()` say what is wrong.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from audio.speech.codec import CodecWorker, FrameBlocks, chunk_frames
+from audio.speech.codec import CodecWorker, FrameBlocks, WorkerThread, chunk_frames
 from audio.speech.decoder import ParlerDecoder
 from audio.speech.rules import Rules
 from audio.speech.slots import VoiceCache, VoiceContext, batch_buckets, bucket, length_buckets
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 
 END = object()
 """Sent to a request's sink after its last chunk."""
+FAILURES_UNHEALTHY = 3
+"""Failed steps or loop failures in a row (no good step between them) that make the loop unhealthy."""
+RESTART_S = (0.05, 5.0)
+"""The pause before the loop starts again after a failure: the first one, doubling up to the second."""
 
 Runner = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 """`(tokens (B, codebooks), positions (B, 1), length, context) → (B, codebooks, vocab)` logits: one batched step."""
@@ -90,7 +97,9 @@ class DecodingLoop:
         max_batch: int,
         prompt_tokens: int,
         runner: Runner | None = None,
+        stall_s: float = 30.0,
     ) -> None:
+        """`stall_s`: a step running longer than this makes `stuck()` say so (a device that hangs)."""
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.rules = rules
@@ -108,7 +117,8 @@ class DecodingLoop:
         self._pending: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="speech-decoder", daemon=True)
+        self.failures = 0  # failed steps and loop failures since the last good step
+        self._thread = WorkerThread(self._run, "speech-decoder", "speech decoding step", stall_s)
         self._thread.start()
 
     # --- public -------------------------------------------------------------------------------------------------
@@ -126,12 +136,23 @@ class DecodingLoop:
         """Requests holding a row."""
         return len(self._rows)
 
-    def close(self) -> None:
-        """Stop the loop; requests in flight or waiting end with `TTSError`."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the loop, waiting at most `timeout` seconds; requests in flight or waiting end with `TTSError`
+        (their audio not yet decoded is dropped). False if the loop did not stop in time (a hung step)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join()
+        return self._thread.join(timeout)
+
+    def stuck(self) -> str:
+        """Why requests given to the loop may never end (a sentence), or "" while it runs."""
+        return self._thread.stuck()
+
+    def failing(self) -> str:
+        """Why the loop fails every answer now (a sentence: e.g. a device in a sticky error), or ""."""
+        if self.failures >= FAILURES_UNHEALTHY:
+            return f"the last {self.failures} speech decoding steps failed"
+        return ""
 
     def eager_step(self, tokens: torch.Tensor, positions: torch.Tensor, length: int, context: int) -> torch.Tensor:
         """The graph-free step (static shapes per bucket)."""
@@ -141,31 +162,43 @@ class DecodingLoop:
     # --- the thread ---------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            self._serve()
-        except Exception:  # a bug in the loop itself: nobody may wait forever, so the server stops serving
-            log.exception("The speech decoding loop stopped")
+        while True:
+            try:
+                self._serve()
+            except BaseException as exc:  # a failure of the loop itself: nobody may wait forever, so it restarts
+                log.exception("The speech decoding loop failed; the answers it held end and it starts again")
+                self.failures += 1
+                self._end_all(TTSError(f"speech generation failed: {exc}"))
+            pause = min(RESTART_S[1], RESTART_S[0] * 2 ** min(20, max(0, self.failures - 1)))
             with self._wake:
-                self._closed = True
-        error = TTSError("the speech server was closed")
-        for request in [*self._pending, *(row.request for row in self._rows)]:
+                closed = self._wake.wait_for(lambda: self._closed, timeout=pause)
+            if closed:
+                self._end_all(TTSError("the speech server was closed"))
+                return
+
+    def _end_all(self, error: TTSError) -> None:
+        """End every request waiting or holding a row with `error`; their audio not yet decoded is dropped."""
+        with self._wake:
+            pending, self._pending = list(self._pending), deque()
+        for request in [*pending, *(row.request for row in self._rows)]:
             if not (request.ended or request.failed):  # cancelled ones too: their consumers may be waiting
-                self.codec.send(error, request.sink)
-        self._pending.clear()
+                self._fail(request, error)
         self._rows.clear()
 
     def _serve(self) -> None:
         with torch.inference_mode():
             while True:
-                self._release_stopped()
+                with self._thread.working():
+                    self._release_stopped()
                 if (admitted := self._admit()) is None:
                     break
-                for request in admitted:
-                    self._rows.append(_Row(request))
-                    self._next_sentence(len(self._rows) - 1)
-                self._release_stopped()
-                if self._rows:
-                    self._step()
+                with self._thread.working():
+                    for request in admitted:
+                        self._rows.append(_Row(request))
+                        self._next_sentence(len(self._rows) - 1)
+                    self._release_stopped()
+                    if self._rows:
+                        self._step()
 
     def _admit(self) -> list[Request] | None:
         """Wait for work; take waiting requests into free rows. None once closed."""
@@ -199,7 +232,10 @@ class DecodingLoop:
             logits = self.runner(tokens, positions, length, context)[:n]
             self._advance(list(range(n)), logits)
         except Exception as exc:
+            self.failures += 1
             self._step_failed(exc)
+        else:
+            self.failures = 0
 
     def _step_failed(self, exc: Exception) -> None:
         if isinstance(exc, torch.OutOfMemoryError) and self.capacity > 1:

@@ -216,7 +216,7 @@ class SpeechScheduler:
                 job.deliver(chunk)
         except (TTSError, TTSQueueFull) as exc:  # a remote server's queue can be full too
             job.deliver(exc)
-        except Exception as exc:
+        except BaseException as exc:  # whatever ends the engine's stream, the consumer hears of it
             error = TTSError(f"speech generation failed: {exc}")
             error.__cause__ = exc
             job.deliver(error)

@@ -3,6 +3,9 @@
 `SpeechServer.load` loads the model like the reference engine, folds the codec's weight normalisation, puts int8
 weights on the decoder with `quantize="int8"` (CPU), and on CUDA captures the decoder step as CUDA graphs before
 returning, so the bot keeps answering in text until the voice is warm.
+
+`health()` reports a decoding loop or codec call that hangs, or steps that keep failing (a device in a sticky
+error); an answer waiting on a hung engine ends with `TTSError` instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from audio.speech.loop import END, DecodingLoop, Request, Runner
 from audio.speech.parler import can_pack, decode_batch, fold_weight_norm, load_parler, pack_linears, quantize_int8
 from audio.speech.rules import Rules
 from audio.speech.slots import batch_buckets, length_buckets
-from audio.speech.voice import TTSConfig, TTSError, Voice, split_sentences, synthesize
+from audio.speech.voice import EngineHealth, TTSConfig, TTSError, Voice, split_sentences, synthesize
 
 log = logging.getLogger(__name__)
+
+_POLL_S = 0.1  # how often an answer waiting for audio checks that the engine is not hung
 
 PROMPT_TOKENS = 256
 """The longest sentence prompt, in tokens (longer sentences fail with `TTSError`)."""
@@ -61,8 +66,10 @@ class SpeechServer:
         do_sample: bool = True,
         cuda_graphs: bool | None = None,
         decode: Callable[[torch.Tensor], list[np.ndarray]] | None = None,
+        stall_s: float = 30.0,
     ) -> None:
-        """`decode` replaces the codec call ((batch, codebooks, frames) → samples), e.g. to time the decoder alone."""
+        """`decode` replaces the codec call ((batch, codebooks, frames) → samples), e.g. to time the decoder alone.
+        A decoding step or codec call running longer than `stall_s` seconds counts as hung."""
         self.config = config
         self.model = model
         device = model.device
@@ -81,7 +88,7 @@ class SpeechServer:
             batches = batch_buckets(self.max_streams)
             runner = CudaGraphs(self.decoder, batches, length_buckets(self.decoder.cache.length)).warm_up()
         codec_batch = self.max_streams if device.type == "cuda" else 1
-        self.codec = CodecWorker(decode or codec_call(model), max_batch=codec_batch)
+        self.codec = CodecWorker(decode or codec_call(model), max_batch=codec_batch, stall_s=stall_s)
         self.loop = DecodingLoop(
             self.decoder,
             tokenizer,
@@ -91,6 +98,7 @@ class SpeechServer:
             max_batch=self.max_streams,
             prompt_tokens=PROMPT_TOKENS,
             runner=runner,
+            stall_s=stall_s,
         )
 
     @classmethod
@@ -130,7 +138,8 @@ class SpeechServer:
         """Yield float32 mono chunks, sentence by sentence, as the batch produces them.
 
         Setting `cancel` (or closing the iterator) frees the answer's row within one step. Failures raise
-        `TTSError`. `codes`, when given, receives each audio frame's codec ids.
+        `TTSError`, and so does a hung engine (see `health()`). `codes`, when given, receives each audio frame's
+        codec ids.
         """
         cancel = cancel if cancel is not None else threading.Event()
         sentences = split_sentences(text)
@@ -141,7 +150,12 @@ class SpeechServer:
         self.loop.submit(request)
         try:
             while not cancel.is_set():
-                item = chunks.get()
+                try:
+                    item = chunks.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if problem := self._stuck():
+                        raise TTSError(problem) from None
+                    continue
                 if item is END:
                     return
                 if isinstance(item, TTSError):
@@ -157,7 +171,15 @@ class SpeechServer:
         """The whole answer as one array (voice messages, CLI)."""
         return synthesize(self, text, voice)
 
-    def close(self) -> None:
-        """Stop the loop and the codec worker; answers in flight end with `TTSError`."""
-        self.loop.close()
-        self.codec.close()
+    def health(self) -> EngineHealth:
+        """Hung (a step or codec call past `stall_s`, a stopped thread), failing (steps failing in a row), or ok."""
+        return EngineHealth(self._stuck() or self.loop.failing())
+
+    def _stuck(self) -> str:
+        return self.loop.stuck() or self.codec.stuck()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the loop and the codec worker, waiting at most `timeout` seconds for each (a hung device is left
+        behind); answers in flight end with `TTSError`."""
+        self.loop.close(timeout)
+        self.codec.close(timeout)

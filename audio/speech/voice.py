@@ -68,7 +68,10 @@ class TTSQueueFull(UserFacingError):
 
 
 class SpeechEngine(Protocol):
-    """A speech engine: float32 mono chunks at `sample_rate`, for up to `max_streams` answers at once."""
+    """A speech engine: float32 mono chunks at `sample_rate`, for up to `max_streams` answers at once.
+
+    An engine may also have `health() -> EngineHealth` (read through `engine_health`) and `close()`.
+    """
 
     sample_rate: int
     max_streams: int
@@ -76,6 +79,36 @@ class SpeechEngine(Protocol):
     def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
         """Yield chunks as they are generated; setting `cancel` stops within one step; failures raise `TTSError`."""
         ...
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """An engine's state now: `problem` is one sentence saying why it cannot serve, empty when it can."""
+
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+HEALTHY = EngineHealth()
+
+
+def engine_health(engine: object) -> EngineHealth:
+    """What `engine.health()` reports; an engine without that method is healthy while it exists.
+
+    The one place the bot's `/healthz` and the speech app's replica check read an engine's state.
+    """
+    health = getattr(engine, "health", None)
+    return health() if callable(health) else HEALTHY
+
+
+def close_engine(engine: object) -> None:
+    """Close `engine` if it has anything to close (threads, HTTP sessions). Blocking."""
+    close = getattr(engine, "close", None)
+    if callable(close):
+        close()
 
 
 def synthesize(engine: SpeechEngine, text: str, voice: Voice) -> np.ndarray:

@@ -77,15 +77,17 @@ class FakeSpeechAPI:
 
 
 @asynccontextmanager
-async def serving(server: FakeSpeechAPI, extra: list[web.RouteDef] = []) -> AsyncIterator[str]:  # noqa: B006
-    """`server` (and the `extra` routes) on a free loopback port; yields its URL."""
+async def serving(
+    server: FakeSpeechAPI, extra: list[web.RouteDef] = [], port: int = 0  # noqa: B006
+) -> AsyncIterator[str]:
+    """Serve `server` (and the `extra` routes) on `port` of the loopback (0: a free one); yields its base URL."""
     app = web.Application()
     app.router.add_get("/v1/models", server._models)
     app.router.add_post("/v1/audio/speech", server._speech)
     app.router.add_routes(extra)
     runner = web.AppRunner(app, handler_cancellation=True)  # a client that goes away cancels the handler
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:

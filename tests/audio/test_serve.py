@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from audio.serve import KEY_PLACEHOLDER, MAX_BEHIND_S, MAX_BODY_BYTES, ServeSettings, SpeechDeployment
-from audio.speech import TTSConfig, TTSError, Voice, synthesize
+from audio.speech import EngineHealth, TTSConfig, TTSError, Voice, synthesize
 from audio.speech.remote import RemoteConfig, RemoteEngine
 from audio.speech.server import SpeechServer
 from tests.bot.doubles import SineEngine, until
@@ -498,3 +498,22 @@ def test_the_cluster_recipe_requires_the_key_set_on_the_gpu_node(tiny_parler_dir
     finally:
         cluster.stop()
     assert cluster.processes() == []
+class AilingEngine(SineEngine):
+    """A sine engine that reports `problem` through the health interface."""
+
+    problem = ""
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(self.problem)
+
+
+def test_the_replica_check_follows_the_engine_health() -> None:
+    engine = AilingEngine()
+    server = sine_server(engine)
+    server.check_health()  # healthy: Serve keeps the replica
+    assert server._health()["status"] == "ok"
+    engine.problem = "the last 3 speech decoding steps failed"
+    with pytest.raises(RuntimeError, match="the last 3 speech decoding steps failed"):
+        server.check_health()  # Serve replaces a replica whose check raises
+    assert server._health()["status"] == "unhealthy"
+    assert server._health()["problem"] == engine.problem

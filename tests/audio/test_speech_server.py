@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,6 +105,15 @@ def solo(server: SpeechServer, text: str, voice: Voice) -> torch.Tensor:
 
 def frames(run: Run) -> torch.Tensor:
     return torch.stack(list(run.codes)) if run.codes else torch.zeros(0, 9, dtype=torch.long)
+
+
+def rows_freed(server: SpeechServer) -> bool:
+    """Wait (up to `WAIT`) for the loop to free the rows of ended answers: an answer's END can reach its consumer
+    before the loop thread, still in that step, frees the row."""
+    deadline = time.monotonic() + WAIT
+    while server.loop.active and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    return server.loop.active == 0
 
 
 def tiny_config(path: Path, **options: Any) -> TTSConfig:
@@ -428,7 +438,7 @@ def test_a_codec_failure_ends_its_answer_and_nothing_more_is_decoded_for_it(tiny
                 chunks.append(chunk)
         assert len(chunks) == 1
         assert server.synthesize(SENTENCES[0], VOICES[1]).size == FRAMES * HOP  # the server goes on
-        assert server.loop.active == 0
+        assert rows_freed(server)
     finally:
         server.close()
     # Two calls for the failed answer (its later blocks were dropped, not decoded), then the other answer's blocks.
@@ -497,3 +507,183 @@ def test_settings_reach_the_engine_config(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TTS_QUANTIZE", "int8")
     config = tts_config(Settings())
     assert (config.max_batch, config.max_frames, config.quantize) == (4, None, "int8")
+
+
+class Fatal(BaseException):
+    """A failure no `except Exception` catches (as a thread's unexpected exit would be)."""
+
+
+def fail_once(original: Callable[..., Any], gate: threading.Event, error: BaseException) -> Callable[..., Any]:
+    """`original`, except that its first call after `gate` is set raises `error`."""
+    errors = [error]
+
+    def call(*args: Any) -> Any:
+        if gate.is_set() and errors:
+            raise errors.pop()
+        return original(*args)
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("part", "error"),
+    [("runner", Fatal("step fault")), ("_admit", RuntimeError("admission fault"))],
+    ids=["step-raises-base-exception", "admission-raises"],
+)
+def test_a_failure_of_the_loop_ends_its_answers_and_the_loop_starts_again(
+    part: str, error: BaseException, greedy: SpeechServer, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, voice = answer(2)
+    expected = solo(greedy, text, voice)
+    gate = threading.Event()
+    monkeypatch.setattr(greedy.loop, part, fail_once(getattr(greedy.loop, part), gate, error))
+    runs = [start(pool, greedy, text, voice) for _ in range(2)]
+    for run in runs:
+        assert run.codes.started.wait(WAIT)
+    gate.set()
+    for run in runs:  # every answer in flight ends, none waits forever
+        assert isinstance(run.result().error, TTSError)
+        assert str(error) in str(run.error)
+    assert torch.equal(solo(greedy, text, voice), expected)  # the loop serves again, not "closed"
+    assert greedy.health().ok and greedy.loop.failures == 0
+
+
+def test_steps_failing_in_a_row_make_the_server_unhealthy_until_one_succeeds(
+    greedy: SpeechServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = greedy.loop.runner
+
+    def sticky(*args: Any) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(greedy.loop, "runner", sticky)
+    for _ in range(3):
+        assert greedy.health().ok
+        with pytest.raises(TTSError, match="illegal memory access"):
+            solo(greedy, *answer(0))
+    assert greedy.health().problem == "the last 3 speech decoding steps failed"
+    monkeypatch.setattr(greedy.loop, "runner", step)
+    solo(greedy, *answer(0))
+    assert greedy.health().ok
+
+
+def test_a_codec_worker_failure_outside_a_decode_ends_its_answers_and_the_worker_goes_on(
+    greedy: SpeechServer, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, voice = answer(1)
+    gate = threading.Event()
+    worker = greedy.codec
+    monkeypatch.setattr(worker, "_decode_next", fail_once(worker._decode_next, gate, Fatal("codec thread fault")))
+    gate.set()
+    run = start(pool, greedy, text, voice)
+    assert isinstance(run.result().error, TTSError)
+    assert "codec thread fault" in str(run.error)
+    assert greedy.synthesize(text, voice).size == len(solo(greedy, text, voice)) * HOP  # the worker is alive
+    assert greedy.health().ok
+
+
+def test_a_codec_decode_raising_base_exception_ends_its_request_only() -> None:
+    def decode(codes: torch.Tensor) -> list[np.ndarray]:
+        if int(codes[0, 0, 0]) == 1:
+            raise Fatal("decode fault")
+        return silent_decode(codes)
+
+    worker = CodecWorker(decode, max_batch=1)
+    first: list[Any] = []
+    second: list[Any] = []
+    aborted = threading.Event()
+    worker.submit(block(1), first.append, aborted.set)
+    worker.send("end", first.append)
+    worker.submit(block(2), second.append, lambda: None)
+    worker.send("end", second.append)
+    assert worker.close()
+    assert aborted.is_set() and isinstance(first[0], Fatal)
+    assert isinstance(second[0], np.ndarray) and second[-1] == "end"
+
+
+def test_a_stuck_codec_ends_the_waiting_answers_and_makes_the_server_unhealthy(
+    tiny_parler_dir: Path, pool: ThreadPoolExecutor
+) -> None:
+    codec = GatedCodec()
+    server = SpeechServer.load(
+        tiny_config(tiny_parler_dir, max_batch=2), frames_per_sentence=FRAMES, decode=codec, stall_s=1.0
+    )
+    try:
+        run = start(pool, server, *answer(0))
+        assert codec.busy.wait(WAIT)  # the first decode never returns while the gate is shut
+        assert isinstance(run.result().error, TTSError)
+        assert "codec call has been running" in str(run.error)
+        assert not server.health().ok and "codec" in server.health().problem
+        server.close(timeout=0.5)  # bounded although the codec is stuck
+        codec.release.set()
+        assert server.codec.close()  # the stuck call returned: the worker stops
+    finally:
+        codec.release.set()
+        server.close()
+
+
+def test_a_hung_decoding_step_ends_the_waiting_answers_until_it_returns(
+    tiny_parler_dir: Path, pool: ThreadPoolExecutor
+) -> None:
+    server = SpeechServer.load(
+        tiny_config(tiny_parler_dir, max_batch=2), frames_per_sentence=FRAMES, decode=silent_decode, stall_s=1.0
+    )
+    step, hung, release = server.loop.runner, threading.Event(), threading.Event()
+
+    def hanging(*args: Any) -> torch.Tensor:
+        if not release.is_set():
+            hung.set()
+            assert release.wait(WAIT)
+        return step(*args)
+
+    server.loop.runner = hanging
+    try:
+        run = start(pool, server, *answer(0))
+        assert hung.wait(WAIT)
+        assert isinstance(run.result().error, TTSError)
+        assert "decoding step has been running" in str(run.error)
+        assert "decoding step" in server.health().problem
+        release.set()
+        assert len(solo(server, *answer(0))) == FRAMES  # the step returned: the server serves again
+        assert server.health().ok
+    finally:
+        release.set()
+        server.close()
+
+
+def test_answers_ended_by_close_are_not_decoded_any_further(tiny_parler_dir: Path, pool: ThreadPoolExecutor) -> None:
+    codec = GatedCodec()
+    server = SpeechServer.load(tiny_config(tiny_parler_dir, max_batch=2), frames_per_sentence=FRAMES, decode=codec)
+    submitted: list[Any] = []
+    submit, step = server.codec.submit, server.loop.runner
+    holding, hold = threading.Event(), threading.Event()
+
+    def counted(*args: Any) -> None:
+        submit(*args)
+        submitted.append(args[0])
+
+    def held(*args: Any) -> torch.Tensor:
+        if len(submitted) >= 3:  # the answer is in flight with blocks queued behind the one being decoded
+            holding.set()
+            assert hold.wait(WAIT)
+        return step(*args)
+
+    server.codec.submit = counted  # type: ignore[method-assign]
+    server.loop.runner = held
+    try:
+        run = start(pool, server, " ".join(SENTENCES[:3]), VOICES[0])
+        assert holding.wait(WAIT) and codec.busy.is_set()
+        closing = pool.submit(server.loop.close)
+        deadline = time.monotonic() + WAIT
+        while not server.loop._closed and time.monotonic() < deadline:  # close() has begun: the loop ends soon
+            threading.Event().wait(0.01)
+        hold.set()
+        assert closing.result(WAIT)
+        codec.release.set()
+        assert server.codec.close()
+        assert isinstance(run.result().error, TTSError) and "closed" in str(run.error)
+        assert len(run.chunks) == 1 and len(codec.calls) == 1  # the queued blocks were dropped, not decoded
+    finally:
+        hold.set()
+        codec.release.set()
+        server.close()

@@ -210,7 +210,13 @@ class ScriptedEngine:
                 return
         if text == "boom":
             raise RuntimeError("engine broke")
+        if text == "fatal":
+            raise EngineThreadExit("engine thread ended")
         yield np.ones(4, np.float32)
+
+
+class EngineThreadExit(BaseException):
+    """What no `except Exception` catches."""
 
 
 @pytest.fixture
@@ -301,6 +307,19 @@ async def test_engine_failure_reaches_the_async_consumer(
         await anext(stream)
     assert isinstance(failure.value.__cause__, RuntimeError)
     assert await drain(stream) == []
+
+
+async def test_a_base_exception_in_the_engine_ends_the_answer_and_frees_its_stream(
+    scripted: tuple[ScriptedEngine, SpeechScheduler],
+) -> None:
+    engine, scheduler = scripted
+    stream = scheduler.stream(1, "fatal", VOICE)
+    assert len(await anext(stream)) == 4
+    engine.release.set()
+    with pytest.raises(TTSError, match="engine thread ended"):
+        await asyncio.wait_for(anext(stream), 30)
+    assert await asyncio.wait_for(drain(scheduler.stream(1, "after", VOICE)), 30)  # the stream was freed
+    assert scheduler.running == 0
 
 
 async def test_scheduler_streams_the_model_for_several_guilds(
