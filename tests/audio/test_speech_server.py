@@ -107,7 +107,7 @@ def frames(run: Run) -> torch.Tensor:
 
 
 def tiny_config(path: Path, **options: Any) -> TTSConfig:
-    return TTSConfig(model=str(path), first_chunk_s=0.1, chunk_s=0.25, context_frames=8, **options)
+    return TTSConfig(model=str(path), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8, **options)
 
 
 @pytest.fixture(scope="module")
