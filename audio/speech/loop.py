@@ -150,7 +150,7 @@ class DecodingLoop:
         error = TTSError("the speech server was closed")
         for request in [*self._pending, *(row.request for row in self._rows)]:
             if not (request.ended or request.failed):  # cancelled ones too: their consumers may be waiting
-                self.codec.send(error, request.sink)
+                self._fail(request, error)  # failed: the codec drops its blocks not yet decoded
         self._pending.clear()
         self._rows.clear()
 

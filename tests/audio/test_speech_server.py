@@ -497,3 +497,32 @@ def test_settings_reach_the_engine_config(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TTS_QUANTIZE", "int8")
     config = tts_config(Settings())
     assert (config.max_batch, config.max_frames, config.quantize) == (4, None, "int8")
+
+
+class Counted(list[torch.Tensor]):
+    """A request's frame codes, with an event set once `count` frames are there."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count, self.reached = count, threading.Event()
+
+    def append(self, frame: torch.Tensor) -> None:
+        super().append(frame)
+        if len(self) >= self.count:
+            self.reached.set()
+
+
+def test_closing_ends_answers_without_decoding_their_remaining_audio(
+    tiny_parler_dir: Path, pool: ThreadPoolExecutor
+) -> None:
+    codec = GatedCodec()
+    server = make_server(tiny_parler_dir, sample=False, decode=codec)
+    codes = Counted(2 * FRAMES)  # two sentences: several blocks wait behind the held first one
+    consumer = pool.submit(lambda: list(server.stream(" ".join(SENTENCES), VOICES[0], codes=codes)))
+    assert codec.busy.wait(WAIT) and codes.reached.wait(WAIT)
+    server.loop.close()  # what `close()` does first; the codec is still inside its first call
+    codec.release.set()
+    server.codec.close()
+    with pytest.raises(TTSError, match="closed"):
+        consumer.result(WAIT)
+    assert len(codec.calls) == 1  # the blocks queued behind it were dropped, not decoded
