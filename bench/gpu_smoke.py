@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import resource
@@ -58,7 +59,7 @@ from audio.speech.reference import TTSEngine
 from audio.speech.server import SpeechServer
 from bench.tts_serve import step_ms
 from bench.tts_stream import snr_db
-from tests.fakes.tiny_parler import build_parler
+from tests.fakes.tiny_parler import build_parler, generate_codes
 
 FRAMES = 24  # per sentence (0.28 s): exact lengths, every id masked to the codebook
 SENTENCES = ["It is certain.", "Outlook not so good.", "Ask again later!", "Most likely.", "Very doubtful."]
@@ -140,21 +141,8 @@ def codes_of(server: SpeechServer, text: str, voice: Voice) -> torch.Tensor:
 
 def generated_codes(engine: TTSEngine, text: str, voice: Voice, sample: bool) -> torch.Tensor:
     """The codes `model.generate()` hands its codec for one sentence, seeded like the reference engine."""
-    model = engine.model
-    seen: list[torch.Tensor] = []
-    original = model.audio_encoder.decode
-
-    def spy(audio_codes: torch.Tensor, **rest: Any) -> Any:
-        seen.append(audio_codes.reshape(audio_codes.shape[-2], -1).T.cpu())
-        return original(audio_codes=audio_codes, **rest)
-
-    model.audio_encoder.decode = spy
-    try:
-        with seeded(voice.seed, engine.device):
-            model.generate(**{**engine.generate_kwargs(text, voice), "do_sample": sample})
-    finally:
-        del model.audio_encoder.decode
-    return seen[0]
+    with seeded(voice.seed, engine.device):
+        return generate_codes(engine.model, {**engine.generate_kwargs(text, voice), "do_sample": sample}).cpu()
 
 
 def silent_decode(model: ParlerTTSForConditionalGeneration) -> Callable[[torch.Tensor], list[np.ndarray]]:
@@ -174,7 +162,6 @@ class Smoke:
     def __init__(self, device: torch.device, path: Path) -> None:
         self.device, self.path = device, path
         self.cuda = device.type == "cuda"
-        self.results: dict[str, dict[str, Any]] = {}
         self._servers: list[SpeechServer] = []
         self.captures: dict[SpeechServer, ReplayCapture] = {}
         self.model, self.tokenizer = load_parler(self.config("float32"))
@@ -216,16 +203,25 @@ class Smoke:
         for server in self._servers:
             server.close()
 
-    def check(self, name: str, run: Callable[[], dict[str, Any]]) -> None:
-        """Run one check; its result (or error) becomes one JSON line on stdout."""
-        started = time.perf_counter()
-        try:
-            result = run()
-        except Exception as exc:
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=-4)}
-        result["s"] = round(time.perf_counter() - started, 1)
-        self.results[name] = result
-        print(json.dumps({name: result}, default=str), flush=True)
+    def check_all(self, results: dict[str, dict[str, Any]]) -> None:
+        """Every check after `setup`, each server built on first use (a server that fails to build fails the
+        checks that use it, not the others)."""
+        builders = {
+            "greedy": lambda: self.server(graphs=True, sample=False),
+            "eager": lambda: self.server(graphs=False, sample=False, decode=silent_decode(self.model)),
+            "sampled": lambda: self.server(graphs=True, sample=True, decode=silent_decode(self.model)),
+            "bf16": lambda: self.server(graphs=self.cuda, sample=True, bf16=True, max_batch=32),
+        }
+        made = {name: functools.cache(build) for name, build in builders.items()}
+        record(results, "versions", self.versions)
+        record(results, "host_sync", lambda: self.host_sync(made["greedy"]()))
+        record(results, "graphs", lambda: self.graphs(made["greedy"](), made["eager"]()))
+        record(results, "generate", lambda: self.generate(made["greedy"](), made["sampled"]()))
+        record(results, "staggered", lambda: self.staggered(made["sampled"]()))
+        record(results, "codec", lambda: self.codec(made["greedy"]()))
+        record(results, "bf16", lambda: self.bf16(made["bf16"](), made["eager"]()))
+        record(results, "steps", lambda: self.steps(made["bf16"]()))
+        record(results, "close", self.close_in_subprocess)
 
     # --- the checks ---------------------------------------------------------------------------------------------
 
@@ -507,34 +503,38 @@ def close_child(device: torch.device, path: Path) -> None:
     print(json.dumps({"close_s": round(close_s, 2), "ended_with": ended_with}))
 
 
+def record(results: dict[str, dict[str, Any]], name: str, check: Callable[[], dict[str, Any]]) -> None:
+    """Run one check; its result (or error) goes into `results` and out as one JSON line on stdout."""
+    started = time.perf_counter()
+    try:
+        result = check()
+    except Exception as exc:
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=-4)}
+    result["s"] = round(time.perf_counter() - started, 1)
+    results[name] = result
+    print(json.dumps({name: result}, default=str), flush=True)
+
+
 def run(device: torch.device) -> dict[str, Any]:
     """Every check on `device`; the summary object."""
     torch.backends.cuda.matmul.allow_tf32 = False  # graph and eager codes are compared bit for bit
     torch.backends.cudnn.allow_tf32 = False
+    results: dict[str, dict[str, Any]] = {}
+    smokes: list[Smoke] = []
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        smoke = Smoke(device, build_parler(Path(tmp) / "tiny"))
-        print(f"built and loaded the tiny model in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        try:
-            smoke.check("versions", smoke.versions)
-            greedy = smoke.server(graphs=True, sample=False)
-            eager = smoke.server(graphs=False, sample=False, decode=silent_decode(smoke.model))
-            sampled = smoke.server(graphs=True, sample=True, decode=silent_decode(smoke.model))
-            smoke.check("host_sync", lambda: smoke.host_sync(greedy))
-            smoke.check("graphs", lambda: smoke.graphs(greedy, eager))
-            smoke.check("generate", lambda: smoke.generate(greedy, sampled))
-            smoke.check("staggered", lambda: smoke.staggered(sampled))
-            smoke.check("codec", lambda: smoke.codec(greedy))
-            bf16 = smoke.server(graphs=smoke.cuda, sample=True, bf16=True, max_batch=32)
-            smoke.check("bf16", lambda: smoke.bf16(bf16, eager))
-            smoke.check("steps", lambda: smoke.steps(bf16))
-            smoke.check("close", smoke.close_in_subprocess)
-        finally:
-            smoke.close()
-    results: dict[str, Any] = {"device": str(device), **smoke.results}
-    results["ok"] = all(check["ok"] for check in smoke.results.values())
-    results["failed"] = [name for name, check in smoke.results.items() if not check["ok"]]
-    return results
+
+        def setup() -> dict[str, Any]:
+            smokes.append(Smoke(device, build_parler(Path(tmp) / "tiny")))
+            return {"ok": True}
+
+        record(results, "setup", setup)  # builds and loads the tiny model
+        for smoke in smokes:
+            try:
+                smoke.check_all(results)
+            finally:
+                smoke.close()
+    failed = [name for name, check in results.items() if not check["ok"]]
+    return {"device": str(device), **results, "ok": not failed, "failed": failed}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from audio.speech.parler import (
 from audio.speech.reference import TTSEngine
 from audio.speech.server import SpeechServer
 from tests.audio.test_tts import HOP, drain, snr_db
+from tests.fakes.tiny_parler import generate_codes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -134,23 +135,6 @@ def sampled(tiny_parler_dir: Path) -> Iterator[SpeechServer]:
     server = make_server(tiny_parler_dir, sample=True)
     yield server
     server.close()
-
-
-def generate_codes(model: ParlerTTSForConditionalGeneration, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The codes `model.generate()` hands its codec, `(frames, codebooks)` (frames with EOS or padding dropped)."""
-    seen: list[torch.Tensor] = []
-    original = model.audio_encoder.decode
-
-    def spy(audio_codes: torch.Tensor, **rest: Any) -> Any:
-        seen.append(audio_codes.reshape(audio_codes.shape[-2], -1).T.clone())
-        return original(audio_codes=audio_codes, **rest)
-
-    model.audio_encoder.decode = spy
-    try:
-        model.generate(**kwargs)
-    finally:
-        del model.audio_encoder.decode
-    return seen[0] if seen else torch.zeros(0, 9, dtype=torch.long)
 
 
 def test_greedy_batch_1_equals_generate(tiny_parler_dir: Path, greedy: SpeechServer) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKS = ["versions", "host_sync", "graphs", "generate", "staggered", "codec", "bf16", "steps", "close"]
+CHECKS = ["setup", "versions", "host_sync", "graphs", "generate", "staggered", "codec", "bf16", "steps", "close"]
 
 
 @pytest.mark.timeout(600)
