@@ -70,7 +70,14 @@ SNR_DB = 60.0
 MATH_COSINE = 0.999
 TRACE_ROWS, TRACE_STEPS = 4, 48
 
-SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::is_nonzero", "aten::equal"}
+SYNCING = {
+    "aten::item",  # what `.item()`, `int()` and `bool()` dispatch to in inference mode
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::is_nonzero",
+    "aten::equal",
+}
 INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}
 BOOLEAN_INDEXING = "boolean indexing"
 

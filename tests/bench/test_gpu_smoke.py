@@ -32,3 +32,21 @@ def test_gpu_smoke_on_cpu_passes_every_check() -> None:
     assert result["bf16"]["dtype"] == "torch.bfloat16" and result["bf16"]["cosine_vs_math"] >= 0.999
     assert set(result["steps"]["step_ms"]) == {"1", "8", "32"}
     assert result["close"]["ended_with"] == "TTSError"
+
+
+def test_the_host_sync_check_sees_what_makes_the_host_wait() -> None:
+    import torch
+
+    from bench.gpu_smoke import BOOLEAN_INDEXING, OpRecorder
+
+    x = torch.arange(6.0)
+    with torch.inference_mode(), OpRecorder() as quiet:
+        x.masked_fill(x > 2, 0.0)[torch.tensor([0, 2])] + 1
+    with torch.inference_mode(), OpRecorder() as waits:
+        x[x > 2].sum().item()
+        torch.nonzero(x)
+    with OpRecorder() as outside:  # outside inference mode `.item()` dispatches to `_local_scalar_dense`
+        bool(x.sum() > 0)
+    assert quiet.syncs == [] and quiet.ops
+    assert waits.syncs == sorted(["aten::item", "aten::nonzero", BOOLEAN_INDEXING])
+    assert outside.syncs == ["aten::_local_scalar_dense"]
