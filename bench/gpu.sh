@@ -11,6 +11,9 @@
 #                          left), bench.tts_stream. Output: one file per step under $OUT (else bench/gpu-results),
 #                          the last line of each its JSON; steps.txt says how each step ended.
 #
+# With the device tool: `bench/gpu.sh prepare` here, then one call `run(command="bench/gpu.sh run",
+# carry=[".whl"], timeout_s=560)`; the reply's files are $OUT's.
+#
 # The machine has Python 3.12 with torch 2.11.0+cu130, torchaudio 2.11.0, transformers 5.x and huggingface_hub 1.x
 # (bench/gpu-machine-packages.txt); the wheels bring the versions the project runs (requirements-lock.txt).
 set -uo pipefail
