@@ -10,6 +10,7 @@ the step into the captured output), so bucket keys, static input buffers, full-c
 aliasing are checked without a GPU; what needs CUDA (sync debug mode, the codec's stream, device memory) is
 reported as skipped.
 
+- `setup`: the tiny checkpoint built and loaded (fp32, and a bf16 copy).
 - `versions`: Python, torch, CUDA, the libraries, the device, bf16 support.
 - `host_sync`: the aten ops `decoder.step` runs that make the host wait (`_local_scalar_dense`, `nonzero`,
   `masked_select`, boolean indexing, …), seen by a `TorchDispatchMode`; on CUDA also one graph replay (and the
