@@ -35,6 +35,8 @@ SOURCES=(
 )
 LIMIT_MIB=60
 WHL=.whl
+# `prepare` runs pip and the import check with the project's environment (PYTHON, else .venv, else python3).
+[[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && PYTHON=.venv/bin/python
 
 prepare() {
   local pip=(${PYTHON:-python3} -m pip) platforms=() n
