@@ -51,8 +51,8 @@ from audio.speech import (
     TTSError,
     TTSQueueFull,
     Voice,
-    split_sentences,
     engine_health,
+    split_sentences,
 )
 from audio.speech import load_engine as _load_engine
 

@@ -38,12 +38,11 @@ import torch
 from audio.speech import DEFAULT_VOICE, TTSConfig, Voice
 from audio.speech.decoder import ParlerDecoder
 from audio.speech.parler import (
-    decode_batch,
     fold_weight_norm,
     quantize_int8,
 )
 from audio.speech.reference import TTSEngine
-from audio.speech.server import DESCRIPTION_TOKENS, PROMPT_TOKENS, SpeechServer
+from audio.speech.server import DESCRIPTION_TOKENS, PROMPT_TOKENS, SpeechServer, codec_call
 from audio.speech.slots import bucket, length_buckets
 from bench.tts_stream import TEXT, DecodeTimer, _collect
 from tests.fakes.tiny_parler import build_parler
@@ -53,17 +52,18 @@ CONCURRENT = 4
 
 
 class SwitchableCodec:
-    """The server's codec call: the model's codec, or silence of the right length to time the decoder alone."""
+    """The server's production codec call (`codec_call`: on CUDA, a stream of its own), or silence of the right
+    length to time the decoder alone."""
 
     def __init__(self, engine: TTSEngine) -> None:
-        self.model = engine.model
+        self.decode = codec_call(engine.model)
         self.silent = False
         self.hop = round(engine.sample_rate / engine.frame_rate)
 
     def __call__(self, codes: torch.Tensor) -> list[np.ndarray]:
         if self.silent:
             return [np.zeros(codes.shape[-1] * self.hop, np.float32) for _ in range(codes.shape[0])]
-        return decode_batch(self.model, codes)
+        return self.decode(codes)
 
 
 @dataclass

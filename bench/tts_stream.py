@@ -42,7 +42,11 @@ class Run:
 
 
 class DecodeTimer:
-    """Wraps the codec's `decode` to add up the time spent in it (synchronising CUDA for honest numbers)."""
+    """Wraps the codec's `decode` to add up the time spent in it.
+
+    On CUDA it waits for the calling thread's current stream only: the serving engine's codec runs on a stream of
+    its own beside the decoder's steps, and a device-wide synchronisation would count (and stall on) those too.
+    """
 
     def __init__(self, engine: TTSEngine) -> None:
         self.total = 0.0
@@ -54,7 +58,7 @@ class DecodeTimer:
             start = time.perf_counter()
             output = original(*args, **kwargs)
             if cuda:
-                torch.cuda.synchronize()
+                torch.cuda.current_stream(engine.device).synchronize()
             self.total += time.perf_counter() - start
             return output
 

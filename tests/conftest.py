@@ -28,8 +28,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never read the developer's .env or real tokens."""
+    """Tests never read the developer's .env or real tokens, and run speech on the CPU (also on a GPU machine)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    monkeypatch.setenv("TTS_DEVICE", "cpu")
     for name in (
         "DISCORD_TOKEN",
         "HF_TOKEN",
@@ -84,7 +85,7 @@ def tiny_tts_engine(tiny_parler_dir: Path) -> TTSEngine:
     """40 frames (0.46 s) per sentence; chunks of 9 frames first, then 22, with 8 frames of context."""
     from audio.speech.reference import TTSEngine
 
-    config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    config = TTSConfig(model=str(tiny_parler_dir), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     return TTSEngine.load(config, frames_per_sentence=40)
 
 
@@ -93,7 +94,7 @@ def tiny_speech_server(tiny_parler_dir: Path) -> Iterator[SpeechServer]:
     """The serving engine (what `load_engine` returns) on the tiny model, with the same chunking as above."""
     from audio.speech.server import SpeechServer
 
-    config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    config = TTSConfig(model=str(tiny_parler_dir), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     server = SpeechServer.load(config, frames_per_sentence=40)
     yield server
     server.close()

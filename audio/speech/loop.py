@@ -181,8 +181,10 @@ class DecodingLoop:
         with self._wake:
             pending, self._pending = list(self._pending), deque()
         for request in [*pending, *(row.request for row in self._rows)]:
-            if not (request.ended or request.failed):  # cancelled ones too: their consumers may be waiting
-                self._fail(request, error)
+            if request.ended:  # finished, its row not freed yet
+                self.codec.send(END, request.sink)
+            elif not request.failed:  # cancelled ones too: their consumers may be waiting
+                self._fail(request, error)  # failed: the codec drops its blocks not yet decoded
         self._rows.clear()
 
     def _serve(self) -> None:
@@ -312,8 +314,7 @@ class DecodingLoop:
                 self._send(row, row.blocks.flush())
             row.sentence += 1
             if row.sentence == len(request.sentences):
-                request.ended = True
-                self.codec.send(END, request.sink)
+                request.ended = True  # END follows once its row is free, before the next step
                 return
             self._prefill(index)
         except Exception as exc:
@@ -361,12 +362,12 @@ class DecodingLoop:
         """Free the rows of stopped requests (highest first), moving the last row into each freed place."""
         for index in reversed([i for i, row in enumerate(self._rows) if row.request.stopped]):
             request = self._rows[index].request
-            if not (request.ended or request.failed):  # cancelled: its consumer may be waiting for a chunk
-                request.ended = True
-                self.codec.send(END, request.sink)
             last = len(self._rows) - 1
             if index != last:
                 moved = self._rows[last]
                 self.decoder.cache.move(last, index, moved.written, moved.context_length)
                 self._rows[index] = moved
             self._rows.pop()
+            if not request.failed:  # finished or cancelled: END once `active` no longer counts its row
+                request.ended = True
+                self.codec.send(END, request.sink)

@@ -23,8 +23,8 @@ from transformers import PreTrainedTokenizerBase
 
 from audio.speech.codec import CodecWorker
 from audio.speech.decoder import ParlerDecoder
-from audio.speech.graphs import CudaGraphs
-from audio.speech.loop import END, DecodingLoop, Request, Runner
+from audio.speech.graphs import Capture, CudaGraphs
+from audio.speech.loop import END, DecodingLoop, Request
 from audio.speech.parler import can_pack, decode_batch, fold_weight_norm, load_parler, pack_linears, quantize_int8
 from audio.speech.rules import Rules
 from audio.speech.slots import batch_buckets, length_buckets
@@ -47,6 +47,10 @@ def codec_call(model: ParlerTTSForConditionalGeneration) -> Callable[[torch.Tens
     stream = torch.cuda.Stream(model.device)
 
     def decode(codes: torch.Tensor) -> list[np.ndarray]:
+        # `codes` were stacked on the calling thread's stream: wait for them, and keep their memory from being
+        # reused by that stream while the codec stream still reads it.
+        stream.wait_stream(torch.cuda.current_stream(model.device))
+        codes.record_stream(stream)
         with torch.cuda.stream(stream):
             return decode_batch(model, codes)
 
@@ -65,11 +69,15 @@ class SpeechServer:
         frames_per_sentence: int | None = None,
         do_sample: bool = True,
         cuda_graphs: bool | None = None,
+        capture: Capture | None = None,
         decode: Callable[[torch.Tensor], list[np.ndarray]] | None = None,
         stall_s: float = 30.0,
     ) -> None:
         """`decode` replaces the codec call ((batch, codebooks, frames) → samples), e.g. to time the decoder alone.
-        A decoding step or codec call running longer than `stall_s` seconds counts as hung."""
+        A decoding step or codec call running longer than `stall_s` seconds counts as hung.
+
+        The step runs as graphs when `cuda_graphs` is true (default: on CUDA devices) or a `capture` is given (a
+        stand-in for CUDA graphs, to drive the graph path on a CPU)."""
         self.config = config
         self.model = model
         device = model.device
@@ -83,10 +91,10 @@ class SpeechServer:
         self.decoder = ParlerDecoder(
             model, rows=self.max_streams, length=PROMPT_TOKENS + self.rules.max_length, context=DESCRIPTION_TOKENS
         )
-        runner: Runner | None = None
-        if cuda_graphs if cuda_graphs is not None else device.type == "cuda":
-            batches = batch_buckets(self.max_streams)
-            runner = CudaGraphs(self.decoder, batches, length_buckets(self.decoder.cache.length)).warm_up()
+        self.graphs: CudaGraphs | None = None
+        if capture is not None or (cuda_graphs if cuda_graphs is not None else device.type == "cuda"):
+            batches, lengths = batch_buckets(self.max_streams), length_buckets(self.decoder.cache.length)
+            self.graphs = CudaGraphs(self.decoder, batches, lengths, capture).warm_up()
         codec_batch = self.max_streams if device.type == "cuda" else 1
         self.codec = CodecWorker(decode or codec_call(model), max_batch=codec_batch, stall_s=stall_s)
         self.loop = DecodingLoop(
@@ -97,7 +105,7 @@ class SpeechServer:
             config,
             max_batch=self.max_streams,
             prompt_tokens=PROMPT_TOKENS,
-            runner=runner,
+            runner=self.graphs,
             stall_s=stall_s,
         )
 

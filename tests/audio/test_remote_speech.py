@@ -78,7 +78,9 @@ class FakeSpeechAPI:
 
 @asynccontextmanager
 async def serving(
-    server: FakeSpeechAPI, extra: list[web.RouteDef] = [], port: int = 0  # noqa: B006
+    server: FakeSpeechAPI,
+    extra: tuple[web.RouteDef, ...] = (),
+    port: int = 0,
 ) -> AsyncIterator[str]:
     """Serve `server` (and the `extra` routes) on `port` of the loopback (0: a free one); yields its base URL."""
     app = web.Application()

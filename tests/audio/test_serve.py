@@ -498,6 +498,8 @@ def test_the_cluster_recipe_requires_the_key_set_on_the_gpu_node(tiny_parler_dir
     finally:
         cluster.stop()
     assert cluster.processes() == []
+
+
 class AilingEngine(SineEngine):
     """A sine engine that reports `problem` through the health interface."""
 

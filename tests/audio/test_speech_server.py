@@ -32,6 +32,7 @@ from audio.speech.parler import (
 from audio.speech.reference import TTSEngine
 from audio.speech.server import SpeechServer
 from tests.audio.test_tts import HOP, drain, snr_db
+from tests.fakes.tiny_parler import generate_codes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -117,7 +118,7 @@ def rows_freed(server: SpeechServer) -> bool:
 
 
 def tiny_config(path: Path, **options: Any) -> TTSConfig:
-    return TTSConfig(model=str(path), first_chunk_s=0.1, chunk_s=0.25, context_frames=8, **options)
+    return TTSConfig(model=str(path), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8, **options)
 
 
 @pytest.fixture(scope="module")
@@ -144,23 +145,6 @@ def sampled(tiny_parler_dir: Path) -> Iterator[SpeechServer]:
     server = make_server(tiny_parler_dir, sample=True)
     yield server
     server.close()
-
-
-def generate_codes(model: ParlerTTSForConditionalGeneration, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The codes `model.generate()` hands its codec, `(frames, codebooks)` (frames with EOS or padding dropped)."""
-    seen: list[torch.Tensor] = []
-    original = model.audio_encoder.decode
-
-    def spy(audio_codes: torch.Tensor, **rest: Any) -> Any:
-        seen.append(audio_codes.reshape(audio_codes.shape[-2], -1).T.clone())
-        return original(audio_codes=audio_codes, **rest)
-
-    model.audio_encoder.decode = spy
-    try:
-        model.generate(**kwargs)
-    finally:
-        del model.audio_encoder.decode
-    return seen[0] if seen else torch.zeros(0, 9, dtype=torch.long)
 
 
 def test_greedy_batch_1_equals_generate(tiny_parler_dir: Path, greedy: SpeechServer) -> None:
@@ -687,3 +671,32 @@ def test_answers_ended_by_close_are_not_decoded_any_further(tiny_parler_dir: Pat
         hold.set()
         codec.release.set()
         server.close()
+
+
+class Counted(list[torch.Tensor]):
+    """A request's frame codes, with an event set once `count` frames are there."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count, self.reached = count, threading.Event()
+
+    def append(self, frame: torch.Tensor) -> None:
+        super().append(frame)
+        if len(self) >= self.count:
+            self.reached.set()
+
+
+def test_closing_ends_answers_without_decoding_their_remaining_audio(
+    tiny_parler_dir: Path, pool: ThreadPoolExecutor
+) -> None:
+    codec = GatedCodec()
+    server = make_server(tiny_parler_dir, sample=False, decode=codec)
+    codes = Counted(2 * FRAMES)  # two sentences: several blocks wait behind the held first one
+    consumer = pool.submit(lambda: list(server.stream(" ".join(SENTENCES), VOICES[0], codes=codes)))
+    assert codec.busy.wait(WAIT) and codes.reached.wait(WAIT)
+    server.loop.close()  # what `close()` does first; the codec is still inside its first call
+    codec.release.set()
+    server.codec.close()
+    with pytest.raises(TTSError, match="closed"):
+        consumer.result(WAIT)
+    assert len(codec.calls) == 1  # the blocks queued behind it were dropped, not decoded

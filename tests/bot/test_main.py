@@ -21,8 +21,8 @@ from bot.settings import Settings
 from tests.bot.helpers import ROOT, SECRET, Scene, fields, final_embed, run_cli
 from tests.emulator import DiscordEmulator
 from tests.fakes.audio_files import encode, speechlike
-from tests.fakes.broken_stack import UNDEFINED_SYMBOL, broken_torchaudio
 from tests.fakes.bot_process import spawn
+from tests.fakes.broken_stack import UNDEFINED_SYMBOL, broken_torchaudio
 from tests.fakes.inference import FakeInference
 
 

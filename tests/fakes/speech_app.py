@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_engine(config: TTSConfig) -> SpeechServer:
     """The replica's engine: the tests' chunking (9 frames first, then 22, 8 of context) and exact lengths."""
-    tiny = replace(config, first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    tiny = replace(config, device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     return SpeechServer.load(tiny, frames_per_sentence=FRAMES_PER_SENTENCE)
 
 

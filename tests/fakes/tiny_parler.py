@@ -1,4 +1,5 @@
-"""Build Parler-TTS checkpoints with random weights, saved exactly like a downloaded one.
+"""Build Parler-TTS checkpoints with random weights, saved exactly like a downloaded one; read the codes
+`generate()` hands its codec.
 
 `tiny` is small enough for tests (a 1-layer T5 encoder, a 2-layer decoder) but keeps the real DAC codec
 (44.1 kHz, 9 codebooks x 1024 codes) so chunking, lengths and codec cost are realistic. `mini` rebuilds the
@@ -8,7 +9,7 @@ Parler-TTS Mini v1 architecture (flan-t5-large encoder, 24-layer decoder) for be
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from parler_tts import DACConfig, ParlerTTSConfig, ParlerTTSDecoderConfig, ParlerTTSForConditionalGeneration
@@ -138,3 +139,20 @@ def build_voiced_parler(path: Path) -> Path:
         last.original0.mul_(VOICED_GAIN)
     model.save_pretrained(path)
     return path
+
+
+def generate_codes(model: ParlerTTSForConditionalGeneration, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The codes `model.generate()` hands its codec, `(frames, codebooks)` (frames with EOS or padding dropped)."""
+    seen: list[torch.Tensor] = []
+    original = model.audio_encoder.decode
+
+    def spy(audio_codes: torch.Tensor, **rest: Any) -> Any:
+        seen.append(audio_codes.reshape(audio_codes.shape[-2], -1).T.clone())
+        return original(audio_codes=audio_codes, **rest)
+
+    model.audio_encoder.decode = spy
+    try:
+        model.generate(**kwargs)
+    finally:
+        del model.audio_encoder.decode
+    return seen[0] if seen else torch.zeros(0, 9, dtype=torch.long)
