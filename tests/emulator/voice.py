@@ -10,6 +10,7 @@ import secrets
 import ssl
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -154,6 +155,7 @@ class VoiceConnectionRecord:
     close_codes: list[int] = field(default_factory=list)
     other_ops: list[Json] = field(default_factory=list)
     ws: web.WebSocketResponse | None = field(default=None, repr=False)
+    send: Callable[[int, object], Awaitable[None]] | None = field(default=None, repr=False)  # a JSON op to the client
     transport: asyncio.DatagramTransport | None = field(default=None, repr=False)
 
     @property
@@ -374,6 +376,7 @@ class VoiceServer:
             if op == 0:
                 connection = await self._identify(ws, data)
                 if connection is not None:
+                    connection.send = send
                     await send(
                         2,
                         {
@@ -389,6 +392,7 @@ class VoiceServer:
                 if connection is None:
                     await self._close(ws, 4006)
                 else:
+                    connection.send = send
                     await send(9, None)
             elif connection is None:
                 await self._close(ws, 4003)  # not authenticated
