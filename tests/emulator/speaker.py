@@ -111,10 +111,12 @@ class FarEndSpeaker:
 
     def _next_packet(self, frame: bytes) -> bytes:
         payload = self.encrypt(frame) if self.encrypt is not None and frame != OPUS_SILENCE else frame
-        self._counter += 1
         connection = self._connection()
         assert connection.mode is not None and connection.secret_key is not None
-        packet = rtp_packet(connection.mode, connection.secret_key, self._sequence, self._timestamp, self.ssrc, payload, self._counter)
+        self._counter += 1
+        packet = rtp_packet(
+            connection.mode, connection.secret_key, self._sequence, self._timestamp, self.ssrc, payload, self._counter
+        )
         self._sequence += 1
         self._timestamp += SAMPLES_PER_FRAME
         return packet
