@@ -267,7 +267,7 @@ class Question:
         except UserFacingError as exc:
             await self.reply.fail(exc.sentence)
             return "refused" if isinstance(exc, AudioInputError) else "failed"
-        embed = functools.partial(answer_embed, question, answer, transcribed=self.audio is not None, cut=cut)
+        embed = functools.partial(answer_embed, question, answer, transcribed=self.text is None, cut=cut)
         if not self.bot.speech_status.is_ready:
             await self._reveal(embed(note=self.bot.speech_status.note))
             return "text_only"
@@ -299,7 +299,11 @@ class Question:
                 raise AudioInputError("I couldn't download that recording; please post it again.") from exc
             with metrics.timed("transcription"):
                 text = await self._inference("asr", self.bot.transcriber.transcribe(data, self.audio.filename))
-        text = clean_question(text)
+        return self._cut(text)
+
+    def _cut(self, transcript: str) -> tuple[str, int | None]:
+        """The cleaned transcript cut to MAX_QUESTION_CHARS (and that length when it was cut, else None)."""
+        text = clean_question(transcript)
         if not text:
             raise AudioInputError("I couldn't make out any words in that recording.")
         limit = self.bot.settings.max_question_chars
@@ -363,8 +367,10 @@ async def answer_interaction(
     text: str | None,
     audio: discord.Attachment | None,
     asker_message: discord.Message | None = None,
+    make_question: Callable[[Reply], Question] | None = None,
 ) -> None:
-    """Refuse with an ephemeral sentence, or defer at once and answer."""
+    """Refuse with an ephemeral sentence, or defer at once and answer (`make_question`: a Question of another
+    kind for the reply, e.g. one that listens in the voice channel)."""
     assert interaction.guild_id is not None
     problem = problem or admit(bot, interaction.guild_id, interaction.user.id)
     if problem:
@@ -372,7 +378,8 @@ async def answer_interaction(
         await tell(interaction, problem)
         return
     reply = InteractionReply(interaction, asker_message)
-    question = Question(bot, reply, interaction.guild_id, source, text, audio)
+    make = make_question or (lambda reply: Question(bot, reply, interaction.guild_id, source, text, audio))
+    question = make(reply)
     try:
         await interaction.response.defer(thinking=True)
     except discord.HTTPException as exc:

@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 import discord
@@ -36,9 +36,12 @@ from bot.settings import Settings
 from bot.shutdown import InFlight
 from bot.store import GuildStore
 
+if TYPE_CHECKING:
+    from bot.cogs.listening import ListeningCog
+
 log = logging.getLogger(__name__)
 
-COGS = ("ask", "voice", "voice_messages", "admin")
+COGS = ("ask", "voice", "voice_messages", "admin", "listening")
 _PERMISSION_NAMES = {"manage_guild": "Manage Server"}
 
 
@@ -136,6 +139,11 @@ class MagicBot(commands.AutoShardedBot):
     def voice(self) -> Players:
         """The voice cog: per-guild players and connections."""
         return cast(Players, self.get_cog("Voice"))
+
+    @property
+    def listening(self) -> ListeningCog:
+        """The listening cog: questions asked aloud in the voice channel."""
+        return cast("ListeningCog", self.get_cog("Listening"))
 
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: posted messages only reach the cogs' listeners (mentions are not commands)."""

@@ -28,7 +28,9 @@ class AskCog(commands.Cog, name="Ask"):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    @app_commands.command(name="ask", description="Ask the Magic 8 Ball a question, typed or recorded.")
+    @app_commands.command(
+        name="ask", description="Ask the Magic 8 Ball a question: typed, recorded, or aloud in its voice channel."
+    )
     @app_commands.describe(question="Your question", audio="A recording of your question")
     @app_commands.guild_only()
     async def ask(
@@ -37,6 +39,9 @@ class AskCog(commands.Cog, name="Ask"):
         question: str | None = None,
         audio: discord.Attachment | None = None,
     ) -> None:
+        if question is None and audio is None:  # asked aloud in the voice channel
+            await self.bot.listening.ask_aloud(interaction)
+            return
         if question is not None:
             question = clean_question(question)
         if question is not None and audio is None:
