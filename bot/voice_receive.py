@@ -136,30 +136,32 @@ class VoiceReceiver:
     def asks(self) -> int:
         return len(self._asks)
 
-    async def hear(self, user_id: int) -> Utterance | None:
-        """The member's next utterance; None when they don't start speaking within the start time.
-        Raises `ListenEnded` when the listen is ended first (`end`)."""
+    def listen(self, user_id: int) -> asyncio.Future[Utterance | None]:
+        """Start listening to a member: the future is their next utterance, None when they don't start speaking
+        within the start time, or `ListenEnded` when the listen is ended first (`end`). Cancel it to give up."""
         future: asyncio.Future[Utterance | None] = self._loop.create_future()
         self._asks[user_id] = _Ask(future, time.monotonic() + self.config.start_seconds)
         self._streams[user_id] = self._new_stream()  # a fresh start: nothing said before the /ask counts
         self._update()
-        try:
-            return await future
-        finally:
-            if self._asks.get(user_id) is not None and self._asks[user_id].future is future:
-                del self._asks[user_id]
-            if not self._open_mic:
-                self._streams.pop(user_id, None)
-            self._update()
+        future.add_done_callback(lambda _: self._forget_ask(user_id, future))
+        return future
+
+    def _forget_ask(self, user_id: int, future: asyncio.Future[Utterance | None]) -> None:
+        ask = self._asks.get(user_id)
+        if ask is not None and ask.future is future:
+            del self._asks[user_id]
+        if not self._open_mic and user_id not in self._asks:
+            self._streams.pop(user_id, None)  # nothing more of theirs is decoded
+        self._update()
 
     def end(self, sentence: str) -> int:
         """End every /ask under way with `sentence` and forget all audio; returns how many there were."""
         asks = list(self._asks.values())
-        self._asks.clear()
-        self._streams.clear()
         for ask in asks:
             if not ask.future.done():
                 ask.future.set_exception(ListenEnded(sentence))
+        self._asks.clear()
+        self._streams.clear()
         self._update()
         return len(asks)
 
@@ -226,13 +228,10 @@ class VoiceReceiver:
             self._deliver(user_id, utterance)
 
     def _deliver(self, user_id: int, utterance: Utterance) -> None:
-        ask = self._asks.pop(user_id, None)
+        ask = self._asks.get(user_id)
         if ask is not None:
             if not ask.future.done():
-                ask.future.set_result(utterance)
-            if not self._open_mic:
-                self._streams.pop(user_id, None)  # nothing more of theirs is decoded
-            self._update()
+                ask.future.set_result(utterance)  # its done callback forgets the ask and the member's stream
         elif self._open_mic:
             self._on_utterance(user_id, utterance)
 
@@ -244,11 +243,8 @@ class VoiceReceiver:
                 for utterance in stream.quiet(now):
                     self._deliver(user_id, utterance)
                 ask = self._asks.get(user_id)
-                if ask is not None and not stream.speaking and now >= ask.start_deadline:
-                    del self._asks[user_id]
-                    if not ask.future.done():
-                        ask.future.set_result(None)
-                    self._update()
+                if ask is not None and not ask.future.done() and not stream.speaking and now >= ask.start_deadline:
+                    ask.future.set_result(None)
                 elif ask is None and not stream.speaking:
                     idle = stream.last_packet_at is None or now - stream.last_packet_at > FORGET_SECONDS
                     if idle and user_id in self._streams:

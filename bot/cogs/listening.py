@@ -69,8 +69,12 @@ class AloudQuestion(Question):
 
     async def _transcribe(self) -> tuple[str, int | None]:
         assert self.receiver is not None
-        await self.reply.progress(ASK_ALOUD)
-        utterance = await self.receiver.hear(self.member_id)
+        heard = self.receiver.listen(self.member_id)  # before the progress, so no word is missed meanwhile
+        try:
+            await self.reply.progress(ASK_ALOUD)
+            utterance = await heard
+        finally:
+            heard.cancel()  # a no-op once it is done; otherwise (e.g. a shutdown) the listen is given up
         if utterance is None:
             raise UserFacingError(NOTHING_HEARD)
         log.info("Heard %.1f s from member %s (%s)", utterance.seconds, self.member_id, utterance.reason)
@@ -294,13 +298,14 @@ class ListeningCog(commands.Cog, name="Listening"):
     async def on_voice_state_update(
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
     ) -> None:
-        """The bot moved to another channel: what it was listening to there ends."""
+        """The bot moved to another channel, or its voice connection dropped (discord.py leaves and rejoins
+        for a new voice session; /leave ends listens through `on_voice_left` first): what it heard ends."""
         me = self.bot.user
         if me is None or member.id != me.id or before.channel is None or after.channel == before.channel:
             return
         receiver = self._receivers.get(member.guild.id)
         if receiver is not None:
-            receiver.end(MOVED if after.channel is not None else LEFT)
+            receiver.end(MOVED if after.channel is not None else RECONNECTED)
 
 
 async def setup(bot: MagicBot) -> None:
