@@ -14,7 +14,7 @@ import pytest
 from audio.speech.server import SpeechServer
 from bot import metrics
 from bot.client import MagicBot
-from bot.cogs.listening import ASK_ALOUD, NOTHING_HEARD, OPEN_MIC_ON, RECONNECTED, STOPPED
+from bot.cogs.listening import ASK_ALOUD, LEFT, MOVED, NOTHING_HEARD, OPEN_MIC_ON, RECONNECTED, STOPPED
 from tests.audio.helpers import decode
 from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join
 from tests.e2e.harness import serving
@@ -201,6 +201,25 @@ async def test_stop_ends_a_listen_and_members_elsewhere_are_told_to_join(
         await stop.wait_for(lambda r: r.callback is not None, 30)
         assert stop.callback.data["content"] == "⏹️ Stopped 0 answers and stopped listening."
         assert await ephemeral_reply(record) == STOPPED
+
+
+async def test_moving_or_leaving_ends_a_listen_with_one_sentence(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference
+) -> None:
+    cellar = scene.guild.add_voice_channel("Cellar")
+    async with serving(scene, tmp_path, fake_inference, None):
+        await join(scene)
+        record = await scene.command("ask")
+        await listening(record)
+        await scene.command("leave")
+        assert await ephemeral_reply(record) == LEFT
+
+        await join(scene)
+        record = await scene.command("ask")
+        await listening(record)
+        await scene.emu.set_voice_state(scene.guild.id, scene.mod.id, cellar.id)
+        await scene.command("join", user=scene.mod)  # the bot moves to the mod's channel
+        assert await ephemeral_reply(record) == MOVED
 
 
 async def test_open_mic_answers_the_wake_phrase_and_only_transcribes_chatter(
