@@ -11,6 +11,7 @@ import asyncio
 import random
 import secrets
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,11 +88,13 @@ class FarEndSpeaker:
 
     async def speak(
         self, samples: np.ndarray, *, speed: float = 1.0, impairment: Impairment | None = None, leave_gap: bool = True
-    ) -> None:
+    ) -> float:
         """Say `samples` (float mono, 48 kHz): SPEAKING, then 20 ms frames on an absolute schedule (`speed`
-        times real time), five silence frames, and (`leave_gap`) a timestamp gap as clients leave when quiet."""
+        times real time), five silence frames, and (`leave_gap`) a timestamp gap as clients leave when quiet.
+        Returns when (`time.monotonic()`) the last frame of `samples` was sent."""
         await self.announce()
-        frames = [*opus_frames(samples), *[OPUS_SILENCE] * 5]
+        audio = opus_frames(samples)
+        frames = [*audio, *[OPUS_SILENCE] * 5]
         packets = [self._next_packet(frame) for frame in frames]
         if leave_gap:
             self._timestamp += 50 * SAMPLES_PER_FRAME  # a second of not sending
@@ -101,13 +104,16 @@ class FarEndSpeaker:
             for index in range(len(packets) - 1):
                 if rng.random() < impairment.reorder:
                     packets[index], packets[index + 1] = packets[index + 1], packets[index]
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = time.monotonic()
+        ended = start
         for index, packet in enumerate(packets):
-            delay = start + index * FRAME_SECONDS / speed - loop.time()
+            delay = start + index * FRAME_SECONDS / speed - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the sender like a client's 20 ms clock, not waiting on the bot
             self._send(packet)
+            if index < len(audio):
+                ended = time.monotonic()
+        return ended
 
     def _next_packet(self, frame: bytes) -> bytes:
         payload = self.encrypt(frame) if self.encrypt is not None and frame != OPUS_SILENCE else frame
