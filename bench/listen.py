@@ -5,8 +5,8 @@
 - latency: the real bot against `tests.emulator` with the fake Inference API (answering at once) and the tiny
   voiced Parler-TTS checkpoint (`tests.e2e.harness`); a far-end member (`tests.emulator.speaker`) runs /ask and
   says a 1.2 s question `--questions` times. Each is timed on one monotonic clock from the last frame of speech
-  sent to the first RTP packet of the answer at the far end. It includes LISTEN_SILENCE_SECONDS (0.8 s) of
-  waiting for the end of the question, by design.
+  sent to the first RTP packet of the answer at the far end, and to the utterance reaching the transcription
+  service. Both include LISTEN_SILENCE_SECONDS (0.8 s) of waiting for the end of the question, by design.
 - cpu: one member's receive path (RTP parsing, transport decryption, jitter buffer, Opus decoding to 16 kHz, voice
   activity, utterance cutting) over `--cpu-seconds` of speech, in process CPU time: percent of one core while the
   member speaks.
@@ -53,6 +53,7 @@ async def latency(questions: int, workdir: Path) -> dict[str, Any]:
     """End of speech → first answer packet at the far end, in ms."""
     engine = await asyncio.to_thread(load_voiced_engine, workdir / "voiced-parler")
     values: list[float] = []
+    heard: list[float] = []  # end of speech → the utterance reaching the (fake) transcription service
     async with FakeInference() as fake, DiscordEmulator() as emu:
         with emu.patch():
             scene = build_scene(emu)
@@ -70,10 +71,19 @@ async def latency(questions: int, workdir: Path) -> dict[str, Any]:
                         lambda start=start: next((p for p in voice.packets[start:] if not p.silence), None), 60
                     )
                     values.append((first.arrival - ended) * 1000)
-                    print(f"{index + 1:>3}: end of speech → first answer audio {values[-1]:7.1f} ms")
+                    asr = [r for r in fake.requests if r.path.startswith("/asr")][-1]
+                    heard.append((asr.received_at - ended) * 1000)
+                    print(
+                        f"{index + 1:>3}: end of speech → first answer audio {values[-1]:7.1f} ms "
+                        f"(→ sent to transcription {heard[-1]:6.1f} ms)"
+                    )
                     await voice.wait_for_utterances(index + 1, 60)
     engine.close()
-    return {"questions": questions, **summary("speech_end_to_answer_audio_ms", values)}
+    return {
+        "questions": questions,
+        **summary("speech_end_to_answer_audio_ms", values),
+        **summary("speech_end_to_transcription_ms", heard),
+    }
 
 
 def cpu(seconds: float) -> dict[str, Any]:

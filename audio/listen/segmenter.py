@@ -69,6 +69,11 @@ class Segmenter:
             return self._end("max")
         return None
 
+    @property
+    def trailing_silence_seconds(self) -> float:
+        """Silence since the last speech frame of the utterance under way."""
+        return self._silence_run * FRAME_SECONDS if self.started else 0.0
+
     def finish(self) -> Utterance | None:
         """End the utterance under way because the sender went quiet (no packets at all), if there is one."""
         return self._end("silence") if self.started else None

@@ -12,6 +12,8 @@ from audio.listen.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
 from audio.listen.segmenter import Segmenter, SegmenterConfig, Utterance
 from audio.listen.vad import VoiceActivity
 
+QUIET_MIN_SECONDS = 0.1  # a sender silent this long has nothing late left to deliver (the jitter window)
+
 
 class MemberStream:
     """Everything kept for one member being listened to; bounded: the jitter window, a 20 ms carry, and the
@@ -38,9 +40,13 @@ class MemberStream:
         return self._process(self.jitter.push(sequence, timestamp, opus or b""))
 
     def quiet(self, now: float) -> list[Utterance]:
-        """Called now and then: once the member has sent nothing for the silence time, the held packets are
-        played out and the utterance under way (if any) ends."""
-        if self.last_packet_at is None or now - self.last_packet_at < self.config.silence_seconds:
+        """Called now and then: once the member has sent nothing for the rest of the silence time (clients stop
+        sending a few frames after they stop talking; the silence already received counts, the wait is never
+        shorter than the jitter window), the held packets are played out and the utterance under way ends."""
+        if self.last_packet_at is None:
+            return []
+        wait = max(self.config.silence_seconds - self._segmenter.trailing_silence_seconds, QUIET_MIN_SECONDS)
+        if now - self.last_packet_at < wait:
             return []
         ended = self._process(self.jitter.flush())
         self._carry = np.zeros(0, np.int16)

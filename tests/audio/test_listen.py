@@ -208,3 +208,15 @@ def test_wav_is_16_bit_mono_in_memory() -> None:
 )
 def test_wake_phrase(transcript: str, question: str | None) -> None:
     assert after_wake_phrase(transcript) == question
+
+
+def test_silence_already_received_counts_towards_the_end_of_an_utterance() -> None:
+    audio = np.concatenate([speechlike(1.0), np.zeros(int(0.6 * 48_000), np.float32)])
+    stream = MemberStream(SegmenterConfig(silence_seconds=0.8), WebRtcVad())
+    sent = packets(audio)[:-5]  # no trailing silence frames: the sender just stops after 0.6 s of quiet
+    for index, (seq, ts, frame) in enumerate(sent):
+        assert stream.push(seq, ts, frame, now=index * 0.02) == []
+    last = (len(sent) - 1) * 0.02
+    assert stream.quiet(now=last + 0.05) == []  # inside the jitter window
+    (utterance,) = stream.quiet(now=last + 0.4)  # about 0.55 s counted (3 frames held) + 0.4 s ≥ 0.8 s
+    assert utterance.reason == "silence"
