@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import wave
-
 import numpy as np
 
 from audio.listen.jitter import Frame, JitterBuffer
-from audio.listen.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
+from audio.listen.opus import FRAME_SAMPLES, OpusDecoder
 from audio.listen.segmenter import Segmenter, SegmenterConfig, Utterance
 from audio.listen.vad import VoiceActivity
 
@@ -65,14 +62,3 @@ class MemberStream:
                 if utterance is not None:
                     ended.append(utterance)
         return ended
-
-
-def to_wav(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """16-bit mono PCM as WAV bytes, in memory (what the transcriber is sent; nothing touches the disk here)."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm.astype("<i2").tobytes())
-    return out.getvalue()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import discord
+import numpy as np
 from discord import app_commands
 from discord.ext import commands
 
@@ -22,7 +23,6 @@ from audio.asr import TranscriptionUnavailable
 from audio.errors import UserFacingError
 from audio.inference import InferenceError
 from audio.listen.segmenter import SegmenterConfig, Utterance
-from audio.listen.stream import to_wav
 from audio.listen.wake import after_wake_phrase
 from bot import metrics
 from bot.answering import Question, Reply, admit, answer_interaction, for_display, question_problem
@@ -50,11 +50,11 @@ OPEN_MIC_STATUS = "👂 Open mic: say “eight ball, …” to ask"
 
 
 async def transcribe(bot: MagicBot, utterance: Utterance) -> str:
-    """The utterance's transcript (the audio is sent as an in-memory WAV; failures are counted by kind)."""
+    """The utterance's transcript (encoded in memory, never written to a file; failures are counted by kind)."""
     async with bot.transcriptions:  # the same bound as uploads, all guilds together
         with metrics.timed("transcription"):
             try:
-                return await bot.transcriber.transcribe(to_wav(utterance.pcm), "question.wav")
+                return await bot.transcriber.transcribe_samples(utterance.pcm.astype(np.float32) / 32768)
             except InferenceError as exc:
                 metrics.INFERENCE_ERRORS.labels(service="asr", kind=type(exc).__name__).inc()
                 raise

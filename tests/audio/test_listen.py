@@ -22,7 +22,7 @@ from audio.listen.rtp import (
     peek_ssrc,
 )
 from audio.listen.segmenter import Segmenter, SegmenterConfig
-from audio.listen.stream import MemberStream, to_wav
+from audio.listen.stream import MemberStream
 from audio.listen.vad import WebRtcVad
 from audio.listen.wake import after_wake_phrase
 from tests.emulator.speaker import OPUS_SILENCE, opus_frames, rtp_packet
@@ -183,11 +183,6 @@ def test_member_stream_cuts_one_utterance_of_the_spoken_length(loss: float, reor
     assert utterance.reason == "silence"
     assert 1.4 <= utterance.seconds <= 1.5 + 0.2 + 0.2 + 0.1  # the speech, with its preroll and tail
     assert not stream.speaking
-
-
-def test_wav_is_16_bit_mono_in_memory() -> None:
-    wav = to_wav(np.arange(320, dtype=np.int16))
-    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) == 44 + 640
 
 
 @pytest.mark.parametrize(
