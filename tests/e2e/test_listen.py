@@ -74,6 +74,14 @@ async def listening(record: Any) -> None:
     await record.wait_for(lambda r: any(e.body.get("content") == ASK_ALOUD for e in r.edits), 30)
 
 
+async def alice_asks(scene: Scene, bot: MagicBot) -> tuple[FarEndSpeaker, Any]:
+    """alice, in the bot's channel with a far-end speaker, runs /ask; returns once the bot listens to her."""
+    speaker = await speaker_for(scene, bot, scene.alice.id)
+    record = await scene.command("ask")
+    await listening(record)
+    return speaker, record
+
+
 async def test_a_member_asks_aloud_and_hears_the_answer(
     scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
 ) -> None:
@@ -82,9 +90,7 @@ async def test_a_member_asks_aloud_and_hears_the_answer(
         await join(scene)
         request = scene.emu.voice_requests[-1]
         assert not request.self_deaf  # a bot that may listen shows it
-        speaker = await speaker_for(scene, bot, scene.alice.id)
-        record = await scene.command("ask")
-        await listening(record)
+        speaker, record = await alice_asks(scene, bot)
         await speaker.speak(spoken(1.5))
         await record.wait_for(answered, 60)
         voice = scene.emu.voice(scene.guild.id)
@@ -125,9 +131,7 @@ async def test_only_the_asker_is_transcribed_while_another_member_talks(
 async def test_silence_gets_one_sentence(scene: Scene, tmp_path: Path, fake_inference: FakeInference) -> None:
     async with serving(scene, tmp_path, fake_inference, None, listen_start_seconds=1.0) as (bot, _):
         await join(scene)
-        speaker = await speaker_for(scene, bot, scene.alice.id)
-        record = await scene.command("ask")
-        await listening(record)
+        speaker, record = await alice_asks(scene, bot)
         await speaker.speak(np.zeros(SAMPLE_RATE, np.float32))  # an open microphone in a quiet room
         assert await ephemeral_reply(record) == NOTHING_HEARD
     assert not asr_requests(fake_inference)
@@ -138,9 +142,7 @@ async def test_a_monologue_is_cut_at_the_longest_question(
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, None, listen_max_seconds=3.0) as (bot, _):
         await join(scene)
-        speaker = await speaker_for(scene, bot, scene.alice.id)
-        record = await scene.command("ask")
-        await listening(record)
+        speaker, record = await alice_asks(scene, bot)
         talking = asyncio.create_task(speaker.speak(speechlike(60.0), speed=4.0))
         await record.wait_for(answered, 60)
         assert not talking.done()  # answered while the member still talks
@@ -154,9 +156,7 @@ async def test_five_percent_loss_and_reordering_still_transcribe(
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, None) as (bot, _):
         await join(scene)
-        speaker = await speaker_for(scene, bot, scene.alice.id)
-        record = await scene.command("ask")
-        await listening(record)
+        speaker, record = await alice_asks(scene, bot)
         await speaker.speak(spoken(2.0), impairment=Impairment(loss=0.05, reorder=0.05, seed=4))
         await record.wait_for(answered, 60)
     (heard,) = seconds_sent(fake_inference, ffmpeg)
@@ -169,9 +169,7 @@ async def test_a_voice_reconnect_mid_listen_ends_it_with_one_sentence(
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, None) as (bot, _):
         await join(scene)
-        speaker = await speaker_for(scene, bot, scene.alice.id)
-        record = await scene.command("ask")
-        await listening(record)
+        speaker, record = await alice_asks(scene, bot)
         talking = asyncio.create_task(speaker.speak(speechlike(10.0)))
         receiver = bot.listening._receivers[scene.guild.id]
         await until(lambda: any(s.speaking for s in receiver._streams.values()), what="speech to start")
