@@ -5,6 +5,8 @@ once) and the real streaming TTS engine on the tiny voiced Parler-TTS checkpoint
 codec, 0.46 s of audio per sentence), joins a voice channel and asks `--questions` questions one after the other.
 Each is timed on the emulator's clock from INTERACTION_CREATE written to the gateway to the answer's first RTP
 packet, to the answer embed (revealed when its audio starts) and to the deferral; the last line is one JSON object.
+The questions are asked twice in the same run: on an end-to-end encrypted call (DAVE, a member listening and
+decrypting) and on protocol version 0 (transport encryption only); first audio and underruns are reported for both.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from audio.speech.server import SpeechServer
 from tests.bot.helpers import answered, join
-from tests.e2e.harness import build_scene, heard, load_voiced_engine, serving
+from tests.e2e.harness import assert_heard_end_to_end, build_scene, heard, load_voiced_engine, serving
 from tests.emulator import DiscordEmulator
 from tests.fakes.inference import FakeInference
 
@@ -37,12 +40,22 @@ def summary(name: str, values: list[float]) -> dict[str, float]:
 
 
 async def measure(questions: int, workdir: Path) -> dict[str, Any]:
-    """Ask `questions` questions in voice; latencies in ms, underruns summed over the answers."""
+    """Ask `questions` questions in voice with DAVE on, then off; latencies in ms, underruns summed."""
     started = time.perf_counter()
     engine = await asyncio.to_thread(load_voiced_engine, workdir / "voiced-parler")
     print(f"built and loaded the voiced tiny model in {time.perf_counter() - started:.1f} s")
+    results: dict[str, Any] = {"questions": questions}
+    for name, dave in (("dave", True), ("version_0", False)):
+        print(f"-- {name}")
+        results[name] = await measure_call(engine, questions, workdir / name, dave)
+    return results
+
+
+async def measure_call(engine: SpeechServer, questions: int, workdir: Path, dave: bool) -> dict[str, Any]:
+    """Ask `questions` questions on one call (`dave`: end-to-end encrypted, else protocol version 0)."""
+    workdir.mkdir()
     first_audio, text, ack = [], [], []
-    async with FakeInference() as fake, DiscordEmulator() as emu:
+    async with FakeInference() as fake, DiscordEmulator(dave=dave) as emu:
         fake.chat_reply = ANSWER
         with emu.patch():
             scene = build_scene(emu)
@@ -53,6 +66,8 @@ async def measure(questions: int, workdir: Path) -> dict[str, Any]:
                     start = len(voice.packets)
                     record = await scene.ask(f"Question {index}?")
                     packets = await heard(emu, scene.guild.id, start)
+                    if dave:
+                        assert_heard_end_to_end(packets)
                     await record.wait_for(answered, 30)
                     assert record.dispatched_at is not None and record.callback is not None
                     reveal = next(e for e in record.edits if e.body.get("embeds"))
@@ -65,7 +80,6 @@ async def measure(questions: int, workdir: Path) -> dict[str, Any]:
                         f"ack {ack[-1]:5.1f} ms, {len(packets)} packets, {underruns} underruns"
                     )
     return {
-        "questions": questions,
         **summary("first_audio_ms", first_audio),
         **summary("text_reply_ms", text),
         **summary("ack_ms", ack),

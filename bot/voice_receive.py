@@ -60,6 +60,15 @@ class ListeningVoiceClient(discord.VoiceClient):
             for listener in list(self.session_listeners):
                 listener()
 
+    @property
+    def connection_lost(self) -> bool:
+        """The voice websocket is closed: discord.py is about to reconnect (it waits a little first), so a member
+        who went quiet may only have been cut off."""
+        ws = self._connection.ws
+        if not self.is_connected() or ws is discord.utils.MISSING:
+            return True
+        return ws.ws.closed or ws.ws.close_code is not None  # a close frame received, not yet handled
+
     def transport(self) -> tuple[str, bytes]:
         """The negotiated encryption mode and key of the current session."""
         return self._connection.mode, bytes(self._connection.secret_key)
@@ -228,6 +237,9 @@ class VoiceReceiver:
             self._deliver(user_id, utterance)
 
     def _deliver(self, user_id: int, utterance: Utterance) -> None:
+        if self.client.connection_lost:  # the audio stopped because the connection did: nothing was asked
+            self.end(self._reconnected)
+            return
         ask = self._asks.get(user_id)
         if ask is not None:
             if not ask.future.done():

@@ -1,4 +1,7 @@
-"""/join, /leave, /stop; one player per guild; auto-leave when the channel empties or stays idle."""
+"""/join, /leave, /stop, /privacy; one player per guild; auto-leave when the channel empties or stays idle.
+
+Discord voice is end-to-end encrypted (DAVE, through discord.py's `davey` sessions): without `davey` voice is
+disabled at start-up, and a connection refused for its encryption ends /join with one sentence."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 import discord
+import discord.voice_client
 from discord import app_commands
+from discord.errors import ConnectionClosed
 from discord.ext import commands
+from discord.voice_state import VoiceConnectionState
 
 from audio.speech import SpeechStream, TTSError, Voice
 from bot.discord_io import tell
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 20.0
+DAVE_REQUIRED = 4017  # Discord's close code for a voice client without end-to-end encryption
 VoiceChannel = discord.VoiceChannel | discord.StageChannel
 
 
@@ -30,6 +37,53 @@ class Listens(Protocol):
 
     def count(self, guild_id: int) -> int: ...
     def stop(self, guild_id: int) -> None: ...
+
+
+def voice_unavailable() -> str | None:
+    """Why this installation cannot use Discord voice at all, as a sentence; None when it can."""
+    if not discord.voice_client.has_dave:
+        return (
+            "Voice is disabled on this bot: Discord requires end-to-end encrypted voice (DAVE), "
+            "and the `davey` package it needs is not installed."
+        )
+    if not discord.voice_client.has_nacl:
+        return "Voice is disabled on this bot: the `PyNaCl` package Discord voice needs is not installed."
+    return None
+
+
+class EncryptedVoiceError(Exception):
+    """The voice connection failed on its end-to-end encryption: refused with 4017, or a DAVE message failed."""
+
+    def __init__(self, code: int | None, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class _EncryptedVoiceState(VoiceConnectionState):
+    """discord.py's connection flow, except that an encryption failure in the handshake is final: discord.py
+    would retry a 4017 close for the whole connect timeout."""
+
+    async def _handshake_websocket(self) -> None:
+        try:
+            await super()._handshake_websocket()
+        except ConnectionClosed as exc:
+            if exc.code == DAVE_REQUIRED:
+                raise EncryptedVoiceError(exc.code, "Discord requires end-to-end encrypted voice (DAVE)") from exc
+            raise
+        except ValueError as exc:  # davey refused the session's DAVE set-up
+            raise EncryptedVoiceError(None, str(exc)) from exc
+
+
+class EncryptedVoiceClient(ListeningVoiceClient):
+    """The bot's voice client (see `_EncryptedVoiceState`), which can also hear members (`ListeningVoiceClient`)."""
+
+    def create_connection_state(self) -> VoiceConnectionState:
+        return _EncryptedVoiceState(self, hook=self._on_voice_event)
+
+
+def privacy_code_groups(code: str) -> str:
+    """A voice privacy code as Discord clients show it: groups of five digits."""
+    return " ".join(code[i : i + 5] for i in range(0, len(code), 5))
 
 
 def connect_problem(channel: VoiceChannel, me: discord.Member) -> str | None:
@@ -79,6 +133,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         self._players: dict[int, GuildPlayer] = {}
         self._channels: dict[int, int] = {}  # guild id → the voice channel the bot means to be in
         self.listens: Listens | None = None  # questions being asked aloud (the listening cog), for /stop
+        self.unavailable = voice_unavailable()
+
+    async def cog_load(self) -> None:
+        if self.unavailable:
+            log.warning(self.unavailable)
 
     @property
     def answers_queued(self) -> int:
@@ -104,7 +163,7 @@ class VoiceCog(commands.Cog, name="Voice"):
                 await client.disconnect(force=True)
             # A bot that may listen joins undeafened, so members can see that it can hear them.
             listen = self.bot.settings.listen_enabled
-            await channel.connect(timeout=CONNECT_TIMEOUT, self_deaf=not listen, cls=ListeningVoiceClient)
+            await channel.connect(timeout=CONNECT_TIMEOUT, self_deaf=not listen, cls=EncryptedVoiceClient)
         self._channels[guild.id] = channel.id
         self.bot.dispatch("voice_joined", channel)
         if guild.id not in self._players:
@@ -170,6 +229,9 @@ class VoiceCog(commands.Cog, name="Voice"):
         member = interaction.user
         assert guild is not None and isinstance(member, discord.Member)
         channel = member.voice.channel if member.voice else None
+        if self.unavailable:
+            await tell(interaction, self.unavailable)
+            return
         if channel is None:
             await tell(interaction, "Join a voice channel first, then use /join.")
             return
@@ -188,6 +250,15 @@ class VoiceCog(commands.Cog, name="Voice"):
         await interaction.response.defer(thinking=True)
         try:
             await self.join(channel)
+        except EncryptedVoiceError as exc:
+            code = f" (close code {exc.code})" if exc.code else ""
+            log.warning("Joining %s failed on end-to-end encryption%s: %s", channel.id, code, exc)
+            sentence = (
+                f"I couldn't connect to {channel.mention}: Discord requires end-to-end encrypted voice "
+                "and setting up the encryption failed."
+            )
+            await tell(interaction, sentence, replace=True)
+            return
         except (asyncio.TimeoutError, discord.ClientException, discord.HTTPException) as exc:
             log.warning("Joining %s failed: %s", channel.id, exc)
             await tell(interaction, f"I couldn't connect to {channel.mention}; please try again.", replace=True)
@@ -196,6 +267,28 @@ class VoiceCog(commands.Cog, name="Voice"):
         await interaction.edit_original_response(
             content=f"🔊 Joined {channel.mention}: answers are spoken here now." + (f" {note}" if note else "")
         )
+
+    @app_commands.command(name="privacy", description="Show the voice privacy code of the bot's call.")
+    @app_commands.guild_only()
+    async def privacy_command(self, interaction: discord.Interaction) -> None:
+        guild = interaction.guild
+        assert guild is not None
+        client = guild.voice_client
+        if not isinstance(client, discord.VoiceClient) or not client.is_connected():
+            await tell(interaction, "I'm not in a voice channel.")
+            return
+        code = client.voice_privacy_code
+        if code is None:
+            sentence = (
+                f"My voice in {client.channel.mention} is not end-to-end encrypted yet: "
+                "the encrypted call starts once someone else is in the channel; try again in a moment."
+            )
+        else:
+            sentence = (
+                f"🔒 My voice in {client.channel.mention} is end-to-end encrypted. Privacy code: "
+                f"`{privacy_code_groups(code)}`; it matches the code your Discord client shows for the call."
+            )
+        await tell(interaction, sentence)
 
     @app_commands.command(name="leave", description="Leave the voice channel.")
     @app_commands.guild_only()

@@ -41,6 +41,7 @@ class Client:
         self._connection = Connection()
         self.decrypt: Callable[[int, bytes], bytes] | None = None
         self.decrypted: list[int] = []
+        self.connection_lost = False
 
     def transport(self) -> tuple[str, bytes]:
         return XCHACHA, KEY
@@ -120,6 +121,19 @@ async def test_a_new_voice_session_ends_the_listen_with_its_sentence(client: Cli
     with pytest.raises(ListenEnded, match="reconnected"):
         await heard
     assert receiver.end("again") == 0
+    receiver.close("bye")
+
+
+async def test_audio_that_stops_with_the_connection_is_not_a_question(client: Client) -> None:
+    client.ssrc_users = {1: 100}
+    receiver = receiver_on(client)
+    heard = receiver.listen(100)
+    for packet in packets(1, speechlike(1.0))[:30]:  # cut off mid-word
+        client.receive(packet)
+    await settle()
+    client.connection_lost = True  # the voice websocket closed; discord.py reconnects after a pause
+    with pytest.raises(ListenEnded, match="reconnected"):
+        await asyncio.wait_for(heard, 10)
     receiver.close("bye")
 
 

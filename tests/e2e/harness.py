@@ -10,6 +10,7 @@ an audible copy (about 0.96 correlation through the bot's 64 kbit/s Opus; 0.35 b
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from bot.settings import Settings
 from tests.audio.helpers import aligned_correlation, decode
 from tests.bot.helpers import Scene, make_settings, running_bot
 from tests.emulator import DiscordEmulator, RtpPacket
+from tests.emulator.dave import E2E, PLAIN
 from tests.emulator.opus import decode_opus
 from tests.emulator.voice import SAMPLES_PER_FRAME, TRAILING_SILENCE_FRAMES
 from tests.fakes.inference import FakeInference
@@ -35,6 +37,7 @@ from tests.fakes.tiny_parler import build_voiced_parler
 
 FRAMES_PER_SENTENCE = 40  # 0.46 s of audio per sentence
 MIN_CORRELATION = 0.9
+MIN_END_TO_END = 0.99  # share of the audio frames after the first transition decrypted with the group's key
 
 
 def load_voiced_engine(path: Path) -> SpeechServer:
@@ -133,10 +136,29 @@ async def heard(emu: DiscordEmulator, guild_id: int, start: int = 0, timeout: fl
     return await emu.wait_for(ended, timeout, f"an answer from packet {start} in guild {guild_id}")
 
 
-async def assert_played_whole(packets: list[RtpPacket], spoken: Spoken, sample_rate: int, ffmpeg: str) -> None:
-    """`packets` (one answer, see `answer_packets`) carried all of `spoken`'s audio: sequence numbers and
-    timestamps continuous, a silence frame only where the source counted an underrun, and the sound itself."""
+def assert_heard_end_to_end(packets: list[RtpPacket]) -> None:
+    """The far end heard `packets` through DAVE: from the first audio frame sent after a transition to an encrypted
+    group on, at least 99% of the audio frames decrypted with the group's key (a frame let through as plain or
+    that could not be decrypted counts against it)."""
+    audio = [p for p in packets if not p.silence and not p.ogg_header]
+    first = next((index for index, packet in enumerate(audio) if packet.secured), None)
+    assert first is not None, "no audio frame was sent after a transition to an encrypted group"
+    after = audio[first:]
+    outcomes = Counter(p.e2e for p in after)
+    assert outcomes[E2E] >= MIN_END_TO_END * len(after), f"what the far end made of the frames: {outcomes}"
+
+
+async def assert_played_whole(
+    packets: list[RtpPacket], spoken: Spoken, sample_rate: int, ffmpeg: str, dave: bool = True
+) -> None:
+    """`packets` (one answer, see `answer_packets`) carried all of `spoken`'s audio: end-to-end encrypted (or, with
+    `dave` false, transport encryption only), sequence numbers and timestamps continuous, a silence frame only
+    where the source counted an underrun, and the sound itself as the far end decrypted it."""
     assert spoken.source.end_reason == "finished"
+    if dave:
+        assert_heard_end_to_end(packets)
+    else:
+        assert all(p.e2e == PLAIN for p in packets)
     steps = list(itertools.pairwise(packets))
     assert all((b.sequence - a.sequence) % 2**16 == 1 for a, b in steps)
     assert all((b.timestamp - a.timestamp) % 2**32 == SAMPLES_PER_FRAME for a, b in steps)

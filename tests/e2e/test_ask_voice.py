@@ -1,4 +1,5 @@
-"""Scenario 1: /ask while the bot sits in the asker's voice channel speaks the synthesised answer."""
+"""Scenario 1: /ask while the bot sits in the asker's voice channel speaks the synthesised answer, which the asker
+hears end-to-end encrypted (DAVE), or with transport encryption only on protocol version 0."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from audio.speech import Voice
 from audio.speech.server import SpeechServer
 from tests.bot.helpers import Scene, answered, fields, final_embed, join
 from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, assert_played_whole, serving
+from tests.emulator import DiscordEmulator
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.parametrize("emulator", [True, False], ids=["dave", "version-0"], indirect=True)
 async def test_ask_in_voice_speaks_the_synthesised_answer(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
+    emulator: DiscordEmulator,
+    scene: Scene,
+    tmp_path: Path,
+    fake_inference: FakeInference,
+    voiced_engine: SpeechServer,
+    ffmpeg: str,
 ) -> None:
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
         await join(scene)
@@ -42,4 +50,4 @@ async def test_ask_in_voice_speaks_the_synthesised_answer(
     np.testing.assert_allclose(spoken.audio, voiced_engine.synthesize(spoken.text, default), atol=1e-5)
     packets = answer_packets(voice.packets)
     assert packets == voice.packets  # nothing else was sent
-    await assert_played_whole(packets, spoken, voiced_engine.sample_rate, ffmpeg)
+    await assert_played_whole(packets, spoken, voiced_engine.sample_rate, ffmpeg, dave=emulator.voice_server.dave)

@@ -18,6 +18,7 @@ from bot.cogs.listening import ASK_ALOUD, LEFT, MOVED, NOTHING_HEARD, OPEN_MIC_O
 from tests.audio.helpers import decode
 from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join
 from tests.e2e.harness import serving
+from tests.emulator import DiscordEmulator
 from tests.emulator.speaker import FarEndSpeaker, Impairment
 from tests.fakes.audio_files import speechlike
 from tests.fakes.inference import FakeInference
@@ -82,8 +83,14 @@ async def alice_asks(scene: Scene, bot: MagicBot) -> tuple[FarEndSpeaker, Any]:
     return speaker, record
 
 
+@pytest.mark.parametrize("emulator", [True, False], ids=["dave", "version-0"], indirect=True)
 async def test_a_member_asks_aloud_and_hears_the_answer(
-    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
+    emulator: DiscordEmulator,
+    scene: Scene,
+    tmp_path: Path,
+    fake_inference: FakeInference,
+    voiced_engine: SpeechServer,
+    ffmpeg: str,
 ) -> None:
     before = questions("voice_channel", "spoken")
     async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
@@ -95,6 +102,12 @@ async def test_a_member_asks_aloud_and_hears_the_answer(
         await record.wait_for(answered, 60)
         voice = scene.emu.voice(scene.guild.id)
         await voice.wait_for_utterances(1, 60)
+        session = bot.get_guild(scene.guild.id).voice_client._connection.dave_session  # type: ignore[union-attr]
+        if emulator.voice_server.dave:  # the member's frames were end-to-end encrypted, and opened with the MLS key
+            stats = session.get_decryption_stats(scene.alice.id)
+            assert stats is not None and stats.successes >= 50 and stats.failures <= 5
+        else:
+            assert session is None
 
     contents = [e.body.get("content") for e in record.edits]
     assert contents[:3] == [ASK_ALOUD, "🎙️ You asked: Should I adopt a dog?", "🔮 Consulting the spirits…"]

@@ -51,6 +51,16 @@ Records:
         decrypt_failures; await wait_for_utterances(n, timeout), await wait_connected(n, timeout)
     await emu.wait_for(predicate, timeout), await emu.wait_until_connected(timeout, guild_id=None)
 
+DAVE (end-to-end encrypted voice, ``tests/emulator/dave.py``): voice is on DAVE protocol version 1 unless
+``DiscordEmulator(dave=False)`` (version 0; a client offering no DAVE version is closed with 4017). Members who
+``set_voice_state`` into a channel are far-end members with their own davey session; each RtpPacket carries
+``frame`` (as sent), ``payload`` (the Opus the first far-end member decrypted), ``e2e`` ("e2e", "passthrough",
+"plain", "undecryptable") and ``secured``.
+    emu.call(channel_id) -> DaveCall: participants, far_end (FarEndMember: session, heard[sender] -> Hearing with
+        outcomes, errors), members (by leaf), epoch, secured, commits (CommitOutcome), invalid_reports, executed,
+        privacy_code; faults: call.withheld_welcomes.add(user_id), call.send_bad_commit(user_id),
+        call.downgrade() (to version 0), call.upgrade()
+
 Shards: each IDENTIFY's ``shard`` [id, count] opens that shard's session (``emu.gateway.sessions[id]``;
 ``emu.gateway.session`` is shard 0's, an unsharded client's only one). A guild belongs to shard
 ``(guild_id >> 22) % count``: READY, GUILD_CREATE, every event of the guild, its interactions and its voice

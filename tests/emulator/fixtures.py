@@ -10,10 +10,11 @@ from .server import DiscordEmulator
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[DiscordEmulator]:
+async def emulator(request: pytest.FixtureRequest) -> AsyncIterator[DiscordEmulator]:
     """A started emulator with discord.py's REST base and gateway pointed at it; fails the test if
-    the emulator itself raised while handling a request, or a client sent a guild's frame on another shard."""
-    async with DiscordEmulator() as emu:
+    the emulator itself raised while handling a request, or a client sent a guild's frame on another shard.
+    Voice is on DAVE; parametrize the fixture indirectly with ``False`` for protocol version 0."""
+    async with DiscordEmulator(dave=getattr(request, "param", True)) as emu:
         with emu.patch():
             yield emu
     assert not emu.internal_errors, f"the emulator failed internally: {emu.internal_errors!r}"

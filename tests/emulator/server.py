@@ -20,6 +20,7 @@ import trustme
 import yarl
 from aiohttp import web
 
+from .dave import DaveCall
 from .gateway import PRIVILEGED_INTENTS, Dispatch, Gateway
 from .records import (
     VOICE_MESSAGE,
@@ -72,6 +73,7 @@ class DiscordEmulator:
         utterance_gap: float = 0.5,
         privileged_intents: int = PRIVILEGED_INTENTS,
         recommended_shards: int = 1,
+        dave: bool = True,
     ) -> None:
         self.token = f"emulator.{secrets.token_urlsafe(24)}"
         self.world = World(bot_name)
@@ -104,7 +106,9 @@ class DiscordEmulator:
             privileged_intents=privileged_intents,
             on_voice_request=self._on_voice_request,
         )
-        self.voice_server = VoiceServer(self.notifier, server_ssl, utterance_gap, voice_heartbeat_interval_ms)
+        self.voice_server = VoiceServer(
+            self.notifier, server_ssl, utterance_gap, voice_heartbeat_interval_ms, dave=dave
+        )
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -248,6 +252,10 @@ class DiscordEmulator:
     def voice(self, guild_id: int) -> VoiceRecord:
         """The voice record of a guild: connections, SPEAKING, packets, utterances."""
         return self.voice_server.record(guild_id)
+
+    def call(self, channel_id: int) -> DaveCall:
+        """The DAVE session of a voice channel: its group, far-end members, commits and transitions."""
+        return self.voice_server.call(channel_id)
 
     def store_attachment(
         self, channel_id: int, filename: str, data: bytes, content_type: str | None
@@ -521,6 +529,8 @@ class DiscordEmulator:
                 guild_id=guild_id,
             )
         )
+        if user_id != self.bot.id:
+            self.voice_server.set_member_channel(user_id, channel_id)
         connection = self.voice(guild_id).connection
         if user_id == self.bot.id and channel_id is None and connection is not None and connection.open:
             await self.voice_server.close(guild_id, 4014)

@@ -1,8 +1,9 @@
-"""Far-end members who talk: Opus from a recording, RTP under transport encryption, SPEAKING (op 5) to the bot.
+"""Far-end members who talk: Opus from a recording, DAVE, RTP under transport encryption, SPEAKING (op 5) to the bot.
 
 A `FarEndSpeaker` sends from the emulator's UDP socket of the bot's voice connection to the address the bot
-selected, as Discord relays other members' audio. `encrypt` is where a DAVE session's `encrypt_opus` plugs in:
-it is applied to each Opus frame before transport encryption (None: DAVE protocol version 0, plain Opus).
+selected, as Discord relays other members' audio. On a DAVE call each Opus frame is first encrypted with the
+member's own MLS session (`FarEndMember.session.encrypt_opus`, once its group is ready), as their client would;
+on protocol version 0, or before the group forms, frames travel as plain Opus. `encrypt` overrides that.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
+from .dave import FarEndMember
 from .voice import SAMPLES_PER_FRAME, VoiceConnectionRecord, VoiceServer, _encrypt
 
 SAMPLE_RATE = 48_000
@@ -67,7 +69,7 @@ class FarEndSpeaker:
     server: VoiceServer
     guild_id: int
     user_id: int
-    encrypt: Callable[[bytes], bytes] | None = None  # DAVE: the member's session's encrypt_opus
+    encrypt: Callable[[bytes], bytes] | None = None  # instead of the member's DAVE session
     ssrc: int = field(default_factory=lambda: secrets.randbits(31) + 1)
     sent: int = 0  # packets put on the wire
     _sequence: int = field(default_factory=lambda: secrets.randbits(16))
@@ -76,15 +78,25 @@ class FarEndSpeaker:
 
     def _connection(self) -> VoiceConnectionRecord:
         connection = self.server.record(self.guild_id).connection
-        if connection is None or connection.send is None or connection.client_address is None:
+        if connection is None or not connection.open or connection.client_address is None:
             raise RuntimeError(f"the bot has no voice connection in guild {self.guild_id}")
         return connection
 
     async def announce(self, speaking: bool = True) -> None:
         """SPEAKING (op 5) for this member to the bot: how it learns which SSRC is whose."""
-        connection = self._connection()
-        assert connection.send is not None
-        await connection.send(5, {"user_id": str(self.user_id), "ssrc": self.ssrc, "speaking": int(speaking)})
+        payload = {"user_id": str(self.user_id), "ssrc": self.ssrc, "speaking": int(speaking)}
+        self._connection().post_json(5, payload)
+
+    def _dave(self) -> Callable[[bytes], bytes] | None:
+        """How this member's client encrypts a frame end to end now (None: it sends plain Opus)."""
+        if self.encrypt is not None:
+            return self.encrypt
+        call = self.server.calls.get(self._connection().channel_id)
+        member = call.participants.get(self.user_id) if call is not None else None
+        session = member.session if isinstance(member, FarEndMember) else None
+        if call is None or call.protocol_version == 0 or session is None or not session.ready:
+            return None
+        return session.encrypt_opus
 
     async def speak(
         self, samples: np.ndarray, *, speed: float = 1.0, impairment: Impairment | None = None, leave_gap: bool = True
@@ -116,7 +128,8 @@ class FarEndSpeaker:
         return ended
 
     def _next_packet(self, frame: bytes) -> bytes:
-        payload = self.encrypt(frame) if self.encrypt is not None and frame != OPUS_SILENCE else frame
+        encrypt = self._dave()
+        payload = encrypt(frame) if encrypt is not None and frame != OPUS_SILENCE else frame
         connection = self._connection()
         assert connection.mode is not None and connection.secret_key is not None
         self._counter += 1

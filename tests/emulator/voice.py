@@ -1,8 +1,10 @@
-"""The voice side: a v8 voice gateway over TLS, UDP IP discovery and RTP reception split into utterances."""
+"""The voice side: a v8 voice gateway over TLS with DAVE (see `dave`), UDP IP discovery and RTP reception, as the
+far-end members hear it, split into utterances."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -10,7 +12,6 @@ import secrets
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -20,6 +21,16 @@ from aiohttp import WSMsgType, web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .dave import (
+    COMMIT_WELCOME,
+    INVALID_COMMIT_WELCOME,
+    KEY_PACKAGE,
+    PLAIN,
+    PROTOCOL_VERSION,
+    TRANSITION_READY,
+    DaveCall,
+    FarEndMember,
+)
 from .opus import OGG_HEADER_PACKETS, OPUS_SILENCE, decode_opus, opus_samples
 from .records import Notifier
 from .world import Json
@@ -35,13 +46,19 @@ REPORT_INTERVAL = 0.5  # and one at least this often to every connected client, 
 
 @dataclass(frozen=True)
 class RtpPacket:
-    """A decrypted RTP packet."""
+    """A received RTP packet: ``frame`` is what travelled inside transport encryption (a DAVE frame when the call
+    is end-to-end encrypted), ``payload`` the Opus the first far-end member got from it, ``e2e`` how (see
+    `dave`: "e2e", "passthrough", "plain" or "undecryptable") and ``secured`` whether it was sent after a
+    transition to an encrypted group that has the sender."""
 
     sequence: int
     timestamp: int
     ssrc: int
     arrival: float
     payload: bytes
+    frame: bytes = b""
+    e2e: str = PLAIN
+    secured: bool = False
 
     @property
     def silence(self) -> bool:
@@ -134,12 +151,45 @@ class Utterance:
         return self._pcm
 
 
+class VoiceSocket:
+    """Frames to one voice client, in order: JSON with ``seq``; binary as u16 sequence + u8 opcode + payload."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.seq = 0
+        self._queue: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write(), name="emulator voice socket writer")
+
+    def post_json(self, op: int, data: object) -> None:
+        """Queue a JSON frame."""
+        self.seq += 1
+        self._queue.put_nowait(json.dumps({"op": op, "d": data, "seq": self.seq}))
+
+    def post_binary(self, op: int, payload: bytes) -> None:
+        """Queue a binary frame."""
+        self.seq += 1
+        self._queue.put_nowait(struct.pack(">HB", self.seq & 0xFFFF, op) + payload)
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self._queue.get()
+            if self.ws.closed:
+                continue
+            with contextlib.suppress(ConnectionResetError):
+                await (self.ws.send_str(frame) if isinstance(frame, str) else self.ws.send_bytes(frame))
+
+    def close(self) -> None:
+        """Stop writing."""
+        self._writer.cancel()
+
+
 @dataclass
 class VoiceConnectionRecord:
-    """One voice websocket session (a resume keeps the record)."""
+    """One voice websocket session (a resume keeps the record); a participant of its channel's `DaveCall`."""
 
     guild_id: int
     channel_id: int
+    user_id: int
     session_id: str
     token: str
     identify: Json
@@ -155,13 +205,23 @@ class VoiceConnectionRecord:
     close_codes: list[int] = field(default_factory=list)
     other_ops: list[Json] = field(default_factory=list)
     ws: web.WebSocketResponse | None = field(default=None, repr=False)
-    send: Callable[[int, object], Awaitable[None]] | None = field(default=None, repr=False)  # a JSON op to the client
+    socket: VoiceSocket | None = field(default=None, repr=False)
     transport: asyncio.DatagramTransport | None = field(default=None, repr=False)
 
     @property
     def open(self) -> bool:
         """Whether its websocket is open."""
         return self.ws is not None and not self.ws.closed
+
+    def post_json(self, op: int, data: object) -> None:
+        """Queue a JSON frame to the client."""
+        if self.socket is not None:
+            self.socket.post_json(op, data)
+
+    def post_binary(self, op: int, payload: bytes) -> None:
+        """Queue a binary frame to the client."""
+        if self.socket is not None:
+            self.socket.post_binary(op, payload)
 
 
 class VoiceRecord:
@@ -179,6 +239,7 @@ class VoiceRecord:
         self.blackhole = False
         self.dropped = 0
         self.decrypt_failures = 0
+        self.refusals: list[int] = []  # close codes of identifies refused before a connection was made
 
     @property
     def connection(self) -> VoiceConnectionRecord | None:
@@ -283,12 +344,21 @@ def _decrypt(mode: str, key: bytes, data: bytes) -> bytes:
 
 
 class VoiceServer:
-    """Voice websocket (wss, v8) plus one UDP socket per voice connection, on 127.0.0.1."""
+    """Voice websocket (wss, v8) plus one UDP socket per voice connection, on 127.0.0.1; each voice channel is a
+    `DaveCall` on DAVE protocol version 1 (``dave=False``: version 0, transport encryption only) whose far-end
+    members are the guild members sitting in that channel."""
 
     def __init__(
-        self, notifier: Notifier, ssl_context: ssl.SSLContext, utterance_gap: float, heartbeat_interval_ms: int
+        self,
+        notifier: Notifier,
+        ssl_context: ssl.SSLContext,
+        utterance_gap: float,
+        heartbeat_interval_ms: int,
+        dave: bool = True,
     ) -> None:
         self._notifier = notifier
+        self.dave = dave
+        self.calls: dict[int, DaveCall] = {}
         self._heartbeat_ms = heartbeat_interval_ms
         self._ssl = ssl_context
         self._gap = utterance_gap
@@ -319,6 +389,8 @@ class VoiceServer:
         """Close every websocket and UDP socket."""
         if self._reporter is not None:
             self._reporter.cancel()
+        for call in self.calls.values():
+            call.close()
         for record in self.records.values():
             record._finish()
             for connection in record.connections:
@@ -332,6 +404,28 @@ class VoiceServer:
         if guild_id not in self.records:
             self.records[guild_id] = VoiceRecord(guild_id, self._notifier, self._gap)
         return self.records[guild_id]
+
+    def call(self, channel_id: int) -> DaveCall:
+        """The DAVE session of a voice channel (created on first use)."""
+        if channel_id not in self.calls:
+            self.calls[channel_id] = DaveCall(channel_id, self._notifier, protocol_version=int(self.dave))
+        return self.calls[channel_id]
+
+    def set_member_channel(self, user_id: int, channel_id: int | None) -> None:
+        """A member (not the bot) moved to a voice channel or out of voice: they leave their call and join the
+        channel's as a far-end member."""
+        for call in self.calls.values():
+            member = call.participants.get(user_id)
+            if isinstance(member, FarEndMember) and call.channel_id != channel_id:
+                call.leave(user_id)
+                member.close()
+        if channel_id is not None and not isinstance(self.call(channel_id).participants.get(user_id), FarEndMember):
+            FarEndMember(user_id, self.call(channel_id)).start()
+
+    def _leave_call(self, connection: VoiceConnectionRecord) -> None:
+        call = self.calls.get(connection.channel_id)
+        if call is not None and call.participants.get(connection.user_id) is connection:
+            call.leave(connection.user_id)
 
     def allocate(self, guild_id: int, channel_id: int, session_id: str, user_id: int) -> str:
         """Issue a voice token for VOICE_SERVER_UPDATE."""
@@ -357,79 +451,99 @@ class VoiceServer:
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        seq = 0
-
-        async def send(op: int, data: object) -> None:
-            nonlocal seq
-            seq += 1
-            await ws.send_str(json.dumps({"op": op, "d": data, "seq": seq}))
-
+        socket = VoiceSocket(ws)
         connection: VoiceConnectionRecord | None = None
-        await send(8, {"heartbeat_interval": self._heartbeat_ms})
-        async for message in ws:
-            if message.type is not WSMsgType.TEXT:
-                if connection is not None:
-                    connection.other_ops.append({"binary": message.data})
-                continue
-            frame = json.loads(message.data)
-            op, data = frame["op"], frame.get("d")
-            if op == 0:
-                connection = await self._identify(ws, data)
-                if connection is not None:
-                    connection.send = send
-                    await send(
-                        2,
-                        {
-                            "ssrc": connection.ssrc,
-                            "ip": "127.0.0.1",
-                            "port": connection.udp_port,
-                            "modes": MODES,
-                            "heartbeat_interval": 1,
-                        },
-                    )
-            elif op == 7:
-                connection = self._resume(ws, data)
-                if connection is None:
-                    await self._close(ws, 4006)
-                else:
-                    connection.send = send
-                    await send(9, None)
-            elif connection is None:
-                await self._close(ws, 4003)  # not authenticated
-            elif op == 1:
-                if data["data"]["mode"] not in MODES:
-                    await self._close(ws, 4016)
-                    continue
-                connection.mode = data["data"]["mode"]
-                connection.client_address = (data["data"]["address"], data["data"]["port"])
-                connection.secret_key = os.urandom(32)
-                await send(
-                    4,
-                    {
-                        "mode": connection.mode,
-                        "secret_key": list(connection.secret_key),
-                        "dave_protocol_version": 0,
-                        "audio_codec": "opus",
-                        "video_codec": None,
-                        "media_session_id": secrets.token_hex(16),
-                    },
-                )
-                self._notifier.notify()
-            elif op == 3:
-                connection.heartbeats += 1
-                self._notifier.notify()
-                await send(6, {"t": data["t"]} if isinstance(data, dict) else data)
-            elif op == 5:
-                self.record(connection.guild_id).on_speaking(int(data["speaking"]))
-            else:
-                connection.other_ops.append(frame)
+        socket.post_json(8, {"heartbeat_interval": self._heartbeat_ms})
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.BINARY and connection is not None:
+                    self._on_binary(connection, message.data)
+                elif message.type is WSMsgType.TEXT:
+                    connection = await self._on_json(ws, socket, connection, json.loads(message.data))
+        finally:
+            socket.close()
         code = self._server_closes.pop(ws, ws.close_code or 1000)
         if connection is not None and connection.ws is ws:
             connection.close_codes.append(code)
+            if code != 4015:  # anything but a resumable close ends the client's part in the call
+                self._leave_call(connection)
             self._notifier.notify()
         return ws
 
-    async def _identify(self, ws: web.WebSocketResponse, data: Json) -> VoiceConnectionRecord | None:
+    async def _on_json(
+        self, ws: web.WebSocketResponse, socket: VoiceSocket, connection: VoiceConnectionRecord | None, frame: Json
+    ) -> VoiceConnectionRecord | None:
+        """Handle one JSON frame; return the connection the socket now serves."""
+        op, data = frame["op"], frame.get("d")
+        if op == 0:
+            connection = await self._identify(ws, socket, data)
+            if connection is not None:
+                socket.post_json(
+                    2,
+                    {
+                        "ssrc": connection.ssrc,
+                        "ip": "127.0.0.1",
+                        "port": connection.udp_port,
+                        "modes": MODES,
+                        "heartbeat_interval": 1,
+                    },
+                )
+        elif op == 7:
+            connection = self._resume(ws, socket, data)
+            if connection is None:
+                await self._close(ws, 4006)
+            else:
+                socket.post_json(9, None)
+        elif connection is None:
+            await self._close(ws, 4003)  # not authenticated
+        elif op == 1:
+            if data["data"]["mode"] not in MODES:
+                await self._close(ws, 4016)
+                return connection
+            connection.mode = data["data"]["mode"]
+            connection.client_address = (data["data"]["address"], data["data"]["port"])
+            connection.secret_key = os.urandom(32)
+            call = self.call(connection.channel_id)
+            socket.post_json(
+                4,
+                {
+                    "mode": connection.mode,
+                    "secret_key": list(connection.secret_key),
+                    "dave_protocol_version": call.protocol_version,
+                    "audio_codec": "opus",
+                    "video_codec": None,
+                    "media_session_id": secrets.token_hex(16),
+                },
+            )
+            call.join(connection)
+            self._notifier.notify()
+        elif op == 3:
+            connection.heartbeats += 1
+            self._notifier.notify()
+            socket.post_json(6, {"t": data["t"]} if isinstance(data, dict) else data)
+        elif op == 5:
+            self.record(connection.guild_id).on_speaking(int(data["speaking"]))
+        elif op == TRANSITION_READY:
+            self.call(connection.channel_id).ready(connection.user_id, int(data["transition_id"]))
+        elif op == INVALID_COMMIT_WELCOME:
+            self.call(connection.channel_id).invalid_commit_welcome(connection.user_id, int(data["transition_id"]))
+        else:
+            connection.other_ops.append(frame)
+        return connection
+
+    def _on_binary(self, connection: VoiceConnectionRecord, data: bytes) -> None:
+        """A client's binary frame: opcode, then the payload."""
+        call = self.call(connection.channel_id)
+        if data[:1] == bytes([KEY_PACKAGE]):
+            call.key_package(connection.user_id, data[1:])
+        elif data[:1] == bytes([COMMIT_WELCOME]):
+            call.commit_welcome(connection.user_id, data[1:])
+        else:
+            connection.other_ops.append({"binary": data})
+
+    async def _identify(
+        self, ws: web.WebSocketResponse, socket: VoiceSocket, data: Json
+    ) -> VoiceConnectionRecord | None:
         allocation = self.allocations.get(data.get("token", ""))
         if allocation is None or data.get("server_id") != str(allocation.guild_id):
             await self._close(ws, 4004)  # authentication failed
@@ -437,16 +551,22 @@ class VoiceServer:
         if data.get("session_id") != allocation.session_id or data.get("user_id") != str(allocation.user_id):
             await self._close(ws, 4006)  # session no longer valid
             return None
+        if self.dave and int(data.get("max_dave_protocol_version") or 0) < PROTOCOL_VERSION:
+            self.record(allocation.guild_id).refusals.append(4017)
+            await self._close(ws, 4017)  # E2EE/DAVE protocol required
+            return None
         loop = asyncio.get_running_loop()
         connection = VoiceConnectionRecord(
             guild_id=allocation.guild_id,
             channel_id=allocation.channel_id,
+            user_id=allocation.user_id,
             session_id=allocation.session_id,
             token=data["token"],
             identify=data,
             ssrc=secrets.randbits(31) + 1,
             udp_port=0,
             ws=ws,
+            socket=socket,
         )
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpProtocol(self, connection), local_addr=("127.0.0.1", 0)
@@ -457,7 +577,7 @@ class VoiceServer:
         self._notifier.notify()
         return connection
 
-    def _resume(self, ws: web.WebSocketResponse, data: Json) -> VoiceConnectionRecord | None:
+    def _resume(self, ws: web.WebSocketResponse, socket: VoiceSocket, data: Json) -> VoiceConnectionRecord | None:
         record = self.records.get(int(data.get("server_id", 0)))
         connection = record.connection if record else None
         if (
@@ -467,7 +587,7 @@ class VoiceServer:
             or connection.token not in self.allocations
         ):
             return None
-        connection.ws = ws
+        connection.ws, connection.socket = ws, socket
         connection.resumes += 1
         self._notifier.notify()
         return connection
@@ -493,7 +613,8 @@ class VoiceServer:
             record.decrypt_failures += 1
             return
         sequence, timestamp, ssrc = struct.unpack_from(">HII", data, 2)
-        record.add_packet(RtpPacket(sequence, timestamp, ssrc, time.monotonic(), payload))
+        outcome, opus, secured = self.call(connection.channel_id).hear(connection.user_id, payload)
+        record.add_packet(RtpPacket(sequence, timestamp, ssrc, time.monotonic(), opus, payload, outcome, secured))
         connection.packets_received += 1
         if connection.packets_received % REPORT_EVERY_PACKETS == 0:
             self._send_receiver_report(connection, sequence, addr)
