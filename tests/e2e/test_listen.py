@@ -272,6 +272,26 @@ async def test_open_mic_answers_the_wake_phrase_and_only_transcribes_chatter(
     assert len(lounge) == 2  # the announcement and the answer: nothing for the chatter
 
 
+async def test_open_mic_is_announced_when_the_bot_joins_and_can_be_turned_off(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference
+) -> None:
+    async with serving(scene, tmp_path, fake_inference, None) as (bot, _):
+        switch = await scene.command("listening voice", {"state": "on"}, user=scene.mod)
+        await switch.wait_for(lambda r: r.followups, 30)
+        assert not scene.emu.channel_messages(scene.lounge.id)  # not in voice yet: nothing to announce
+        await join(scene)
+        await scene.emu.wait_for(
+            lambda: [m for m in scene.emu.channel_messages(scene.lounge.id) if m.content == OPEN_MIC_ON], 30
+        )
+        receiver = bot.listening._receivers[scene.guild.id]
+        assert receiver.open_mic
+        off = await scene.command("listening voice", {"state": "off"}, user=scene.mod)
+        await off.wait_for(lambda r: r.followups, 30)
+        assert off.followups[0].body["content"].startswith("🔕 Open mic is off")
+        assert not receiver.open_mic and not await bot.store.open_mic(scene.guild.id)
+    assert len(scene.emu.channel_messages(scene.lounge.id)) == 1  # announced once
+
+
 async def test_open_mic_is_off_by_default_and_needs_manage_server(
     scene: Scene, tmp_path: Path, fake_inference: FakeInference
 ) -> None:
