@@ -122,8 +122,8 @@ class VoiceReceiver:
         self._wanted: frozenset[int] | None = frozenset()  # members whose packets are kept (None: all)
         self._ticker: asyncio.Task[None] | None = None
         self.dropped = 0  # packets that could not be read (bad header, key or DAVE frame)
+        self._reading = False  # registered on the voice socket (only while anyone is listened to)
         client.session_listeners.append(self._on_new_session)
-        client._connection.add_socket_listener(self._on_datagram)
 
     @property
     def open_mic(self) -> bool:
@@ -175,25 +175,28 @@ class VoiceReceiver:
         return len(asks)
 
     def close(self, sentence: str) -> None:
-        """End everything and stop reading the socket."""
+        """End everything (the socket is no longer read) and stop following the connection."""
         self.end(sentence)
         self._open_mic = False
         self._update()
         with contextlib.suppress(ValueError):
             self.client.session_listeners.remove(self._on_new_session)
-        self.client._connection.remove_socket_listener(self._on_datagram)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
 
     # -- internals -------------------------------------------------------------------------------------
     def _new_stream(self) -> MemberStream:
         return MemberStream(self.config.segmenter, WebRtcVad())
 
     def _update(self) -> None:
-        """Publish who is listened to (read by the socket thread) and run the ticker only while anyone is."""
+        """Publish who is listened to (read by the socket thread); read the socket and run the ticker only while
+        anyone is listened to (with no listener discord.py's reader thread idles)."""
         self._wanted = None if self._open_mic else frozenset(self._asks)
         busy = self._open_mic or bool(self._asks)
+        if busy and not self._reading:
+            self.client._connection.add_socket_listener(self._on_datagram)
+            self._reading = True
+        elif not busy and self._reading:
+            self.client._connection.remove_socket_listener(self._on_datagram)
+            self._reading = False
         if busy and self._ticker is None:
             self._ticker = self._loop.create_task(self._tick(), name=f"listening ticker {id(self):#x}")
         elif not busy and self._ticker is not None:

@@ -90,7 +90,9 @@ def receiver_on(client: Client, heard: list | None = None, **config: Any) -> Voi
 async def test_only_the_asker_is_decoded_and_the_utterance_comes_back(client: Client) -> None:
     client.ssrc_users = {1: 100, 2: 200}
     receiver = receiver_on(client)
+    assert not client._connection.listeners  # nobody is listened to: the socket is not even read
     heard = receiver.listen(100)
+    assert len(client._connection.listeners) == 1
     for mine, theirs in zip(packets(1, question()), packets(2, question(2.0)), strict=False):
         client.receive(theirs)
         client.receive(mine)
@@ -99,6 +101,8 @@ async def test_only_the_asker_is_decoded_and_the_utterance_comes_back(client: Cl
     utterance = await asyncio.wait_for(heard, 10)  # the sender went quiet: the ticker ends it
     assert isinstance(utterance, Utterance) and 0.9 <= utterance.seconds <= 1.5
     assert not receiver._streams and not receiver.asks  # nothing more of the asker is decoded either
+    await settle()
+    assert not client._connection.listeners
     receiver.close("bye")
     assert not client._connection.listeners and not client.session_listeners
 

@@ -305,3 +305,16 @@ async def test_open_mic_is_off_by_default_and_needs_manage_server(
         assert not await bot.store.open_mic(scene.guild.id)
     assert not fake_inference.requests  # nothing was transcribed
     assert not [m for m in scene.emu.channel_messages(scene.lounge.id) if m.author == scene.emu.bot]
+
+
+async def test_with_listening_off_the_bot_joins_deafened_and_never_listens(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference
+) -> None:
+    async with serving(scene, tmp_path, fake_inference, None, listen_enabled=False) as (bot, _):
+        await join(scene)
+        assert scene.emu.voice_requests[-1].self_deaf
+        record = await scene.command("ask")
+        assert (await ephemeral_reply(record)).startswith("Asking aloud is turned off for this bot")
+        switch = await scene.command("listening voice", {"state": "on"}, user=scene.mod)
+        assert (await ephemeral_reply(switch)).startswith("Listening is turned off for this bot")
+        assert not bot.listening._receivers
