@@ -23,7 +23,7 @@ import discord
 from discord.voice_state import VoiceConnectionState
 
 from audio.errors import UserFacingError
-from audio.listen.rtp import DaveDecrypt, PacketError, decrypt_transport, open_frame, parse_header, peek_ssrc
+from audio.listen.rtp import Dave, PacketError, decrypt_transport, open_frame, parse_header, peek_ssrc
 from audio.listen.segmenter import SegmenterConfig, Utterance
 from audio.listen.stream import MemberStream
 from audio.listen.vad import WebRtcVad
@@ -73,13 +73,16 @@ class ListeningVoiceClient(discord.VoiceClient):
         """The negotiated encryption mode and key of the current session."""
         return self._connection.mode, bytes(self._connection.secret_key)
 
-    def dave_decryptor(self) -> DaveDecrypt | None:
-        """Decrypts a sender's DAVE frame with this connection's session; None while DAVE is off (version 0)."""
+    def dave(self) -> Dave | None:
+        """This connection's DAVE session, for opening members' frames; None while DAVE is off (version 0)."""
         state = self._connection
         session = state.dave_session
         if session is None or state.dave_protocol_version == 0:
             return None
-        return lambda user_id, frame: session.decrypt(user_id, davey.MediaType.audio, frame)
+        return Dave(
+            decrypt=lambda user_id, frame: session.decrypt(user_id, davey.MediaType.audio, frame),
+            can_passthrough=session.can_passthrough,
+        )
 
 
 class ListenEnded(UserFacingError):
@@ -233,7 +236,7 @@ class VoiceReceiver:
         except PacketError:
             self.dropped += 1
             return
-        opus = open_frame(payload, user_id, self.client.dave_decryptor())
+        opus = open_frame(payload, user_id, self.client.dave())
         if opus is None:
             self.dropped += 1
         for utterance in stream.push(header.sequence, header.timestamp, opus, time.monotonic()):

@@ -73,19 +73,26 @@ def decrypt_transport(data: bytes, header: RtpHeader, mode: str, key: bytes) -> 
     return plain
 
 
-DaveDecrypt = Callable[[int, bytes], bytes]  # (sender user id, frame) → Opus; raises when it can't
+@dataclass(frozen=True)
+class Dave:
+    """A connection's DAVE session as the receiver uses it (no davey types here)."""
+
+    decrypt: Callable[[int, bytes], bytes]  # (sender user id, frame) → Opus; raises when it can't
+    can_passthrough: Callable[[int], bool]  # whether unencrypted frames of this sender are allowed now
 
 
-def open_frame(frame: bytes, user_id: int, decrypt: DaveDecrypt | None) -> bytes | None:
-    """The Opus frame inside a (possibly DAVE-encrypted) payload, or None when it can't be read yet.
+def open_frame(frame: bytes, user_id: int, dave: Dave | None) -> bytes | None:
+    """The Opus frame inside a (possibly DAVE-encrypted) payload, or None when it can't be read (yet).
 
     With no DAVE session the payload is the Opus frame. With one, frames are decrypted with the sender's key;
-    what receivers meet on real Discord is tolerated: unencrypted (passthrough) frames around transitions are
-    used as they are, and a frame that fails (no key yet for a new sender's first ~100 ms) is dropped.
+    what receivers meet on real Discord is tolerated: an unencrypted frame is used as it is while the session
+    allows passthrough for that sender (around transitions), and a frame that fails (no key yet for a new sender's
+    first ~100 ms) is dropped. An unencrypted frame outside passthrough is dropped too: it could only have been
+    injected on the way, not sent by the member.
     """
-    if decrypt is None:
+    if dave is None:
         return frame
     try:
-        return decrypt(user_id, frame)
+        return dave.decrypt(user_id, frame)
     except Exception:  # davey raises plain exceptions for a missing cryptor or a bad tag
-        return None if frame.endswith(DAVE_MARKER) else frame
+        return frame if not frame.endswith(DAVE_MARKER) and dave.can_passthrough(user_id) else None

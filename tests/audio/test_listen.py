@@ -14,6 +14,7 @@ from audio.listen.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
 from audio.listen.rtp import (
     DAVE_MARKER,
     XCHACHA,
+    Dave,
     PacketError,
     decrypt_transport,
     is_rtcp,
@@ -56,14 +57,18 @@ def test_tampered_packet_wrong_key_and_rtcp_are_refused() -> None:
 
 
 def test_dave_frames_are_decrypted_passthrough_kept_and_unreadable_dropped() -> None:
+    passthrough = {1}
+
     def decrypt(user_id: int, frame: bytes) -> bytes:
         if not frame.endswith(DAVE_MARKER) or frame.startswith(b"no-key"):
             raise RuntimeError("no cryptor")
         return frame[:-2].upper()
 
-    assert open_frame(b"abc" + DAVE_MARKER, 1, decrypt) == b"ABC"
-    assert open_frame(b"plain", 1, decrypt) == b"plain"  # passthrough around a transition
-    assert open_frame(b"no-key" + DAVE_MARKER, 1, decrypt) is None  # a new sender's first frames
+    dave = Dave(decrypt, lambda user_id: user_id in passthrough)
+    assert open_frame(b"abc" + DAVE_MARKER, 1, dave) == b"ABC"
+    assert open_frame(b"plain", 1, dave) == b"plain"  # passthrough around a transition
+    assert open_frame(b"plain", 2, dave) is None  # not allowed for this sender now: injected, not sent
+    assert open_frame(b"no-key" + DAVE_MARKER, 1, dave) is None  # a new sender's first frames
     assert open_frame(b"plain", 1, None) == b"plain"  # no DAVE session: plain Opus
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audio.listen.rtp import DAVE_MARKER, XCHACHA
+from audio.listen.rtp import DAVE_MARKER, XCHACHA, Dave
 from audio.listen.segmenter import SegmenterConfig, Utterance
 from bot.voice_receive import ListenConfig, ListenEnded, VoiceReceiver
 from tests.emulator.speaker import OPUS_SILENCE, opus_frames, rtp_packet
@@ -46,8 +46,8 @@ class Client:
     def transport(self) -> tuple[str, bytes]:
         return XCHACHA, KEY
 
-    def dave_decryptor(self) -> Callable[[int, bytes], bytes] | None:
-        return self.decrypt
+    def dave(self) -> Dave | None:
+        return Dave(self.decrypt, lambda user_id: False) if self.decrypt is not None else None
 
     def receive(self, data: bytes) -> None:
         """A datagram on the socket (the reader thread calls the listeners)."""
