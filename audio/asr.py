@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 import aiohttp
+import numpy as np
 from huggingface_hub import AsyncInferenceClient
 
 from audio.errors import UserFacingError
 from audio.ffmpeg import run_upload_work
-from audio.formats import AudioInputError, AudioLimits, upload_to_flac
+from audio.formats import ASR_SAMPLE_RATE, AudioInputError, AudioLimits, encode_flac, upload_to_flac
 from audio.inference import ProviderError, RetryPolicy, call_with_retries, post
 
 
@@ -61,7 +62,18 @@ class Transcriber:
         """
         if not self.available:
             raise TranscriptionUnavailable()
-        flac = await upload_to_flac(data, self.config.limits, self.config.ffmpeg)
+        return await self._recognise(await upload_to_flac(data, self.config.limits, self.config.ffmpeg))
+
+    async def transcribe_samples(self, samples: np.ndarray, sample_rate: int = ASR_SAMPLE_RATE) -> str:
+        """Return the transcript of float mono `samples` (heard live): encoded through pipes, never a file.
+
+        Raises like `transcribe`.
+        """
+        if not self.available:
+            raise TranscriptionUnavailable()
+        return await self._recognise(await encode_flac(samples, self.config.ffmpeg, sample_rate))
+
+    async def _recognise(self, flac: bytes) -> str:
         call = self._openai if self.config.api == "openai" else self._hf
         text = await call_with_retries(lambda: call(flac), self.config.retry, what="speech recognition")
         text = " ".join(text.split())

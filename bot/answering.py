@@ -346,8 +346,10 @@ async def answer_interaction(
     audio: discord.Attachment | None,
     asker_message: discord.Message | None = None,
     said_by: str | None = None,
+    make_question: Callable[[Reply], Question] | None = None,
 ) -> None:
-    """Refuse with an ephemeral sentence, or defer at once and answer."""
+    """Refuse with an ephemeral sentence, or defer at once and answer (`make_question`: a Question of another
+    kind for the reply, e.g. one that listens in the voice channel)."""
     assert interaction.guild_id is not None
     problem = problem or admit(bot, interaction.guild_id, interaction.user.id)
     if problem:
@@ -355,7 +357,8 @@ async def answer_interaction(
         await tell(interaction, problem)
         return
     reply = InteractionReply(interaction, asker_message)
-    question = Question(bot, reply, interaction.guild_id, source, text, audio, said_by)
+    make = make_question or (lambda reply: Question(bot, reply, interaction.guild_id, source, text, audio, said_by))
+    question = make(reply)
     try:
         await interaction.response.defer(thinking=True)
     except discord.HTTPException as exc:

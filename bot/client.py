@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 import discord
@@ -39,9 +39,12 @@ from bot.settings import Settings
 from bot.shutdown import InFlight
 from bot.store import GuildStore
 
+if TYPE_CHECKING:
+    from bot.cogs.listening import ListeningCog
+
 log = logging.getLogger(__name__)
 
-COGS = ("ask", "voice", "voice_messages", "admin")
+COGS = ("ask", "voice", "voice_messages", "admin", "listening")
 _PERMISSION_NAMES = {"manage_guild": "Manage Server"}
 LOAD_RETRY_S = (2.0, 120.0)
 """The pause before loading the voice again after a failure: the first one, doubling up to the second."""
@@ -147,6 +150,11 @@ class MagicBot(commands.AutoShardedBot):
     def voice(self) -> Players:
         """The voice cog: per-guild players and connections."""
         return cast(Players, self.get_cog("Voice"))
+
+    @property
+    def listening(self) -> ListeningCog:
+        """The listening cog: questions asked aloud in the voice channel."""
+        return cast("ListeningCog", self.get_cog("Listening"))
 
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: posted messages only reach the cogs' listeners (mentions are not commands)."""

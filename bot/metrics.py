@@ -13,7 +13,7 @@ from typing import Literal
 
 from prometheus_client import Counter, Gauge, Histogram
 
-Source = Literal["slash", "menu", "voice_message"]
+Source = Literal["slash", "menu", "voice_message", "voice_channel"]
 Outcome = Literal["spoken", "voice_message", "text_only", "refused", "failed"]
 Stage = Literal["download", "transcription", "oracle", "tts_first_audio", "first_voice_packet", "answer"]
 

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
 
     # At start-up, seconds to keep retrying a database that can't be reached yet (e.g. starting with the bot).
     database_connect_seconds: float = Field(30.0, ge=0)
+    # Asking aloud in the voice channel (/ask with nothing, and open mic where a server turns it on).
+    listen_enabled: bool = True  # off: the bot joins deafened and never decodes anyone's audio
+    listen_start_seconds: float = Field(8.0, gt=0)  # /ask: how long to wait for the member to start speaking
+    listen_silence_seconds: float = Field(0.8, ge=0.1)  # this much silence ends a question
+    listen_max_seconds: float = Field(15.0, gt=0, le=60)  # an utterance is cut here, however long the talk
+    listen_max_members: int = Field(8, ge=1)  # open mic: members listened to at once in one guild
 
 
 @lru_cache(maxsize=1)

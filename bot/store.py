@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import BigInteger, String, delete, select
+from sqlalchemy import BigInteger, Boolean, String, delete, false, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
@@ -53,6 +53,7 @@ class GuildSettings(_Base):
 
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     voice_preset: Mapped[str | None] = mapped_column(String(64))
+    open_mic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ListeningChannel(_Base):
@@ -215,6 +216,19 @@ class GuildStore:
         """Choose the guild's voice preset (None restores the default)."""
         upsert = self._insert(GuildSettings).values(guild_id=guild_id, voice_preset=preset)
         upsert = upsert.on_conflict_do_update(index_elements=["guild_id"], set_={"voice_preset": preset})
+        async with self._session_factory().begin() as session:
+            await session.execute(upsert)
+
+    async def open_mic(self, guild_id: int) -> bool:
+        """Whether members may ask aloud with the wake phrase in the guild's voice channel (off by default)."""
+        async with self._session_factory()() as session:
+            row = await session.get(GuildSettings, guild_id)
+            return bool(row and row.open_mic)
+
+    async def set_open_mic(self, guild_id: int, on: bool) -> None:
+        """Turn the guild's open mic on or off."""
+        upsert = self._insert(GuildSettings).values(guild_id=guild_id, open_mic=on)
+        upsert = upsert.on_conflict_do_update(index_elements=["guild_id"], set_={"open_mic": on})
         async with self._session_factory().begin() as session:
             await session.execute(upsert)
 

@@ -30,7 +30,9 @@ class AskCog(commands.Cog, name="Ask"):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    @app_commands.command(name="ask", description="Ask the Magic 8 Ball a question, typed or recorded.")
+    @app_commands.command(
+        name="ask", description="Ask the Magic 8 Ball a question: typed, recorded, or aloud in its voice channel."
+    )
     @app_commands.describe(question="Your question", audio="A recording of your question")
     @app_commands.guild_only()
     async def ask(
@@ -39,6 +41,9 @@ class AskCog(commands.Cog, name="Ask"):
         question: str | None = None,
         audio: discord.Attachment | None = None,
     ) -> None:
+        if question is None and audio is None:  # asked aloud in the voice channel
+            await self.bot.listening.ask_aloud(interaction)
+            return
         problem = None
         try:
             if (question is None) == (audio is None):

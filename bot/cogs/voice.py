@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import discord
 import discord.voice_client
@@ -20,6 +20,7 @@ from discord.voice_state import VoiceConnectionState
 from audio.speech import SpeechStream, TTSError, Voice
 from bot.discord_io import tell
 from bot.playback import RECONNECT_POLL_SECONDS, GuildPlayer, VoiceLink
+from bot.voice_receive import ListeningVoiceClient
 
 if TYPE_CHECKING:
     from bot.client import MagicBot
@@ -29,6 +30,13 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 20.0
 DAVE_REQUIRED = 4017  # Discord's close code for a voice client without end-to-end encryption
 VoiceChannel = discord.VoiceChannel | discord.StageChannel
+
+
+class Listens(Protocol):
+    """Questions being asked aloud in a guild's voice channel."""
+
+    def count(self, guild_id: int) -> int: ...
+    def stop(self, guild_id: int) -> None: ...
 
 
 def voice_unavailable() -> str | None:
@@ -66,11 +74,11 @@ class _EncryptedVoiceState(VoiceConnectionState):
             raise EncryptedVoiceError(None, str(exc)) from exc
 
 
-class EncryptedVoiceClient(discord.VoiceClient):
-    """The bot's voice client (see `_EncryptedVoiceState`)."""
+class EncryptedVoiceClient(ListeningVoiceClient):
+    """The bot's voice client (see `_EncryptedVoiceState`), which can also hear members (`ListeningVoiceClient`)."""
 
     def create_connection_state(self) -> VoiceConnectionState:
-        return _EncryptedVoiceState(self)
+        return _EncryptedVoiceState(self, hook=self._on_voice_event)
 
 
 def privacy_code_groups(code: str) -> str:
@@ -124,6 +132,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         self.bot = bot
         self._players: dict[int, GuildPlayer] = {}
         self._channels: dict[int, int] = {}  # guild id → the voice channel the bot means to be in
+        self.listens: Listens | None = None  # questions being asked aloud (the listening cog), for /stop
         self.unavailable = voice_unavailable()
 
     async def cog_load(self) -> None:
@@ -152,8 +161,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         else:
             if client is not None:
                 await client.disconnect(force=True)
-            await channel.connect(timeout=CONNECT_TIMEOUT, self_deaf=True, cls=EncryptedVoiceClient)
+            # A bot that may listen joins undeafened, so members can see that it can hear them.
+            listen = self.bot.settings.listen_enabled
+            await channel.connect(timeout=CONNECT_TIMEOUT, self_deaf=not listen, cls=EncryptedVoiceClient)
         self._channels[guild.id] = channel.id
+        self.bot.dispatch("voice_joined", channel)
         if guild.id not in self._players:
             self._players[guild.id] = GuildPlayer(
                 connect=lambda: self._link(guild.id),
@@ -186,6 +198,7 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def _drop(self, guild_id: int) -> None:
         """Forget the guild's channel and close its player (waiting answers end as stopped)."""
         self._channels.pop(guild_id, None)
+        self.bot.dispatch("voice_left", guild_id)
         player = self._players.pop(guild_id, None)
         if player is not None:
             await player.close()
@@ -300,15 +313,19 @@ class VoiceCog(commands.Cog, name="Voice"):
         guild = interaction.guild
         assert guild is not None and isinstance(interaction.user, discord.Member)
         player = self.player(guild.id)
-        if player is None or not player.ahead:
+        listens = self.listens.count(guild.id) if self.listens is not None else 0
+        if (player is None or not player.ahead) and not listens:
             await tell(interaction, "Nothing is being spoken right now.")
             return
         if not may_control(interaction.user, self._channel(guild)):
             await tell(interaction, not_yours(self._channel(guild)))
             return
-        dropped = player.stop()
-        plural = "s" if dropped > 1 else ""
-        await interaction.response.send_message(f"⏹️ Stopped {dropped} answer{plural}.")
+        if self.listens is not None and listens:
+            self.listens.stop(guild.id)
+        dropped = player.stop() if player is not None else 0
+        plural = "s" if dropped != 1 else ""
+        listened = " and stopped listening" if listens else ""
+        await interaction.response.send_message(f"⏹️ Stopped {dropped} answer{plural}{listened}.")
 
     @commands.Cog.listener()
     async def on_voice_state_update(

@@ -7,6 +7,7 @@ import pytest
 from audio.asr import Transcriber, TranscriberConfig, TranscriptionUnavailable
 from audio.formats import AudioInputError, AudioLimits
 from audio.inference import AuthError, ModelBusy, RetryPolicy
+from tests.audio.helpers import decode
 from tests.fakes.audio_files import encode, speechlike
 from tests.fakes.inference import FakeInference
 
@@ -83,3 +84,21 @@ async def test_api_faults_are_typed(fake_inference: FakeInference, ffmpeg: str) 
         await transcriber(fake_inference, ffmpeg).transcribe(data)
     fake_inference.fail(429, headers={"Retry-After": "0"})
     assert await transcriber(fake_inference, ffmpeg).transcribe(data) == fake_inference.transcript
+
+
+async def test_live_samples_are_sent_as_flac_without_touching_the_disk(
+    fake_inference: FakeInference, ffmpeg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_files(*args: object, **kwargs: object) -> None:
+        raise AssertionError("live audio was written to a temporary file")
+
+    monkeypatch.setattr("tempfile.mkdtemp", no_files)
+    samples = speechlike(1.5, sample_rate=16_000)
+    text = await transcriber(fake_inference, ffmpeg).transcribe_samples(samples)
+    assert text == fake_inference.transcript
+    (request,) = fake_inference.requests
+    assert request.body[:4] == b"fLaC"
+    heard = decode(request.body, ffmpeg)
+    assert len(heard) == pytest.approx(1.5 * 48_000, abs=48)
+    with pytest.raises(TranscriptionUnavailable):
+        await Transcriber(TranscriberConfig(ffmpeg=ffmpeg)).transcribe_samples(samples)

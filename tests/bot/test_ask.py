@@ -63,7 +63,7 @@ async def test_text_question_is_answered_with_progress_embed_and_voice_message(s
     [
         ({"question": "   "}, "Your question is empty: type something to ask."),
         ({"question": "why?" * 500}, "Your question is 2,000 characters long; please keep it under 300."),
-        ({}, "Ask with either a typed question or an audio recording (one of the two)."),
+        ({}, "I'm not in a voice channel"),
         ({"audio": ("notes.txt", b"just some text", "text/plain")}, "That file isn't audio"),
         ({"audio": ("big.ogg", b"OggS" + bytes(5000), "audio/ogg")}, "That file is too large (0.0 MiB); the limit"),
     ],

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, Table, insert, text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.migrations import head
 from bot.settings import Settings
-from bot.store import DatabaseUnavailable, GuildSettings, GuildStore, ListeningChannel, _Base
+from bot.store import DatabaseUnavailable, GuildStore, _Base
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,14 +48,27 @@ async def test_the_migrations_build_exactly_the_models(database_url: str) -> Non
 
 
 async def test_a_released_database_is_stamped_and_upgraded_without_losing_a_row(database_url: str) -> None:
-    # What the released bot did: create_all, then settings.
+    # What the released bot did: create_all of its models as they were then, then settings.
+    released = MetaData()
+    settings = Table(
+        "guild_settings",
+        released,
+        Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("voice_preset", String(64)),
+    )
+    channels = Table(
+        "listening_channels",
+        released,
+        Column("channel_id", BigInteger, primary_key=True, autoincrement=False),
+        Column("guild_id", BigInteger, index=True),
+    )
     async with raw_database(database_url) as engine, engine.begin() as connection:
-        await connection.run_sync(_Base.metadata.create_all)
+        await connection.run_sync(released.create_all)
         await connection.execute(
-            insert(GuildSettings), [{"guild_id": 1, "voice_preset": "Laura"}, {"guild_id": 2, "voice_preset": None}]
+            insert(settings), [{"guild_id": 1, "voice_preset": "Laura"}, {"guild_id": 2, "voice_preset": None}]
         )
         await connection.execute(
-            insert(ListeningChannel), [{"channel_id": 10, "guild_id": 1}, {"channel_id": 20, "guild_id": 2}]
+            insert(channels), [{"channel_id": 10, "guild_id": 1}, {"channel_id": 20, "guild_id": 2}]
         )
     store = GuildStore(database_url)
     await store.connect()
@@ -68,6 +81,7 @@ async def test_a_released_database_is_stamped_and_upgraded_without_losing_a_row(
         assert await store.revision() == head()
         assert await store.voice_preset(1) == "Laura" and await store.voice_preset(2) is None
         assert store.listening_channels(1) == [10] and store.listening_channels(2) == [20]
+        assert not await store.open_mic(1)  # the new column's default
         await store.set_voice_preset(3, "Jon")
         assert await store.voice_preset(3) == "Jon"
     finally:
