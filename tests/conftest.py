@@ -71,14 +71,14 @@ def tiny_parler_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tts_engine(tiny_parler_dir: Path) -> TTSEngine:
     """40 frames (0.46 s) per sentence; chunks of 9 frames first, then 22, with 8 frames of context."""
-    config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    config = TTSConfig(model=str(tiny_parler_dir), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     return TTSEngine.load(config, frames_per_sentence=40)
 
 
 @pytest.fixture(scope="session")
 def tiny_speech_server(tiny_parler_dir: Path) -> Iterator[SpeechServer]:
     """The serving engine (what `load_engine` returns) on the tiny model, with the same chunking as above."""
-    config = TTSConfig(model=str(tiny_parler_dir), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    config = TTSConfig(model=str(tiny_parler_dir), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
     server = SpeechServer.load(config, frames_per_sentence=40)
     yield server
     server.close()

@@ -39,7 +39,9 @@ MIN_CORRELATION = 0.9
 
 def load_voiced_engine(path: Path) -> SpeechServer:
     """The voiced checkpoint through the bot's loading code: 40 frames per sentence, chunks of 9 then 22."""
-    config = TTSConfig(model=str(build_voiced_parler(path)), first_chunk_s=0.1, chunk_s=0.25, context_frames=8)
+    config = TTSConfig(
+        model=str(build_voiced_parler(path)), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8
+    )
     return SpeechServer.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
 
 
