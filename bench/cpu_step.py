@@ -94,16 +94,22 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated; bf16 only where native")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--profile", default=None, help="the path to profile (default: the fastest)")
+    parser.add_argument("--unfused", default="", help="paths also timed without fused projections (e.g. int8,bf16)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     paths = [p for p in args.paths.split(",") if p != "bf16" or native_bf16()]
+    paths += [f"{p}/unfused" for p in args.unfused.split(",") if p and p in paths and p != "fp32"]
 
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = load_parler(TTSConfig(model=str(build_parler(Path(tmp) / args.arch, args.arch)), device="cpu"))
     decoders = {}
     for name in paths:
         started = time.perf_counter()
-        layers = build_path(model.decoder, name, max_batch=8)
+        base, _, unfused = name.partition("/")
+        layers = build_path(model.decoder, base, max_batch=8, fuse=not unfused)
         decoders[name] = ParlerDecoder(model, rows=1, length=256, context=16, layers=layers)
         print(f"{name}: built in {time.perf_counter() - started:.1f} s")
     steps = time_steps(decoders, rounds=args.rounds)
@@ -116,7 +122,7 @@ def main() -> None:
             "other_ms": round(steps[name] - matmul, 2),
             "speedup": round(steps["fp32"] / steps[name], 2) if "fp32" in steps else None,
         }
-        print(f"{name:>6}: {result['paths'][name]}")
+        print(f"{name:>13}: {result['paths'][name]}")
     profiled = args.profile or min(steps, key=steps.__getitem__)
     print(f"profile of the {profiled} step (5 steps):")
     print(profile_table(decoders[profiled]))

@@ -6,6 +6,8 @@ the processor supports is built as a copy of the decoder (sharing the weights it
 plain fp32 and timed at batch 1, interleaved; the fastest one that passes replaces the model's decoder.
 
 - `fp32`: `nn.Linear` as loaded; bit for bit what `generate()` computes (tests comparing codes force it).
+  The other paths also fuse each self-attention's query, key and value products, and the codebooks' heads, into
+  one product each (`fuse_projections`).
 - `packed`: oneDNN-packed fp32 weights (`PackedLinear`, private oneDNN ops): each distinct layer shape must match
   `F.linear` at 1 and `max_batch` rows, or the path is dropped with the reason.
 - `int8`: dynamic int8 linear layers; a candidate only with `TTS_QUANTIZE=int8` (it changes the output).
@@ -29,7 +31,7 @@ from parler_tts import ParlerTTSForCausalLM, ParlerTTSForConditionalGeneration
 from torch.nn import functional as F
 
 from audio.speech.decoder import ParlerDecoder
-from audio.speech.parler import PackedLinear, can_pack, pack_linears, quantize_int8
+from audio.speech.parler import PackedLinear, can_pack, fuse_projections, pack_linears, quantize_int8
 from audio.speech.voice import TTSConfig
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,8 @@ TRACE_STEPS = 8
 TIMED_LENGTH = 256
 """Attention length of the timed steps (a two-second answer's prompt and frames)."""
 CONTEXT = 16
-ROUNDS = 3
-STEPS_PER_ROUND = 2
+ROUNDS = 6
+STEPS_PER_ROUND = 1
 
 
 @dataclass
@@ -121,20 +123,26 @@ def choose_cpu_path(model: ParlerTTSForConditionalGeneration, config: TTSConfig,
     return choice
 
 
-def build_path(decoder: ParlerTTSForCausalLM, name: str, max_batch: int) -> ParlerTTSForCausalLM:
-    """`decoder` for path `name`: itself for fp32, else a copy sharing every tensor the path leaves as it is."""
+def build_path(decoder: ParlerTTSForCausalLM, name: str, max_batch: int, *, fuse: bool = True) -> ParlerTTSForCausalLM:
+    """`decoder` for path `name`: itself for fp32, else a copy sharing every tensor the path leaves as it is
+    (`fuse=False` keeps the separate projections: benchmarks compare)."""
     if name == "fp32":
         return decoder
     if name == "bf16":
-        return _copy(decoder, lambda tensor: tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor)
-    variant = _copy(decoder, lambda tensor: tensor)
+        variant = _copy(decoder, lambda tensor: tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor)
+    else:
+        variant = _copy(decoder, lambda tensor: tensor)
+    if fuse:
+        fuse_projections(variant)
+    if name == "bf16":
+        return variant
     if name == "int8":
         quantize_int8(variant)
         return variant
     if not can_pack(decoder):
         raise RuntimeError("torch has no oneDNN linear kernels here")
+    originals = dict(variant.named_modules())
     pack_linears(variant)
-    originals = dict(decoder.named_modules())
     checked: set[tuple[int, int, bool]] = set()
     for module_name, module in variant.named_modules():
         if not isinstance(module, PackedLinear):

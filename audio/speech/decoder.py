@@ -43,6 +43,10 @@ class ParlerDecoder:
         self.vocab_size: int = config.vocab_size
         self._heads = config.num_attention_heads
         self._head_dim = config.hidden_size // config.num_attention_heads
+        # `fuse_projections` gives copies one query-key-value product per layer.
+        self._fused = hasattr(self.decoder.layers[0].self_attn, "qkv_proj")
+        kv_size = config.num_key_value_heads * self._head_dim
+        self._qkv_sizes = [config.hidden_size, kv_size, kv_size]
         self._positions: torch.Tensor = self.decoder.embed_positions.weights
         if length > self._positions.shape[0]:
             raise ValueError(f"{length} positions exceed the model's {self._positions.shape[0]}")
@@ -102,13 +106,18 @@ class ParlerDecoder:
         self_mask.masked_fill_((keys_at > positions[..., None])[:, None], -torch.inf)
         cross_mask = cache.cross_mask[start : start + batch, ..., :context]
         rows = slice(start, start + batch)
+        row_ids = torch.arange(start, start + batch, device=hidden.device)[:, None]  # once, for every layer's write
         for index, layer in enumerate(self.decoder.layers):
             attention = layer.self_attn
             normed = layer.self_attn_layer_norm(hidden)
-            query = self._split(attention.q_proj(normed), self._heads)
-            key = attention.k_proj(normed).view(batch, steps, attention.num_key_value_heads, self._head_dim)
-            value = attention.v_proj(normed).view(batch, steps, attention.num_key_value_heads, self._head_dim)
-            cache.write(index, start, positions, key, value)
+            if self._fused:
+                query, key, value = attention.qkv_proj(normed).split(self._qkv_sizes, dim=-1)
+            else:
+                query, key, value = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+            query = self._split(query, self._heads)
+            key = key.view(batch, steps, attention.num_key_value_heads, self._head_dim)
+            value = value.view(batch, steps, attention.num_key_value_heads, self._head_dim)
+            cache.write(index, row_ids, positions, key, value)
             attended = self._attend(
                 query, cache.keys[index][rows, :, :length], cache.values[index][rows, :, :length], self_mask
             )

@@ -176,3 +176,16 @@ def test_the_setting_reaches_the_engine_config(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setenv("TTS_CPU_PATH", "bf16")
     assert tts_config(Settings()).cpu_path == "bf16"
+
+
+def test_fused_projections_compute_what_the_separate_layers_do(model: ParlerTTSForConditionalGeneration) -> None:
+    fused = cpu.build_path(model.decoder, "packed", 2)
+    attention = fused.model.decoder.layers[0].self_attn
+    assert isinstance(attention.qkv_proj, PackedLinear) and not hasattr(attention, "q_proj")
+    assert isinstance(fused.lm_heads, PackedLinear)  # all codebooks' heads in one product
+    assert hasattr(model.decoder.model.decoder.layers[0].self_attn, "q_proj")  # the loaded model keeps its layers
+    traces = [
+        cpu.logits_trace(ParlerDecoder(model, rows=1, length=64, context=16, layers=layers), model, None)
+        for layers in (model.decoder, fused)
+    ]
+    torch.testing.assert_close(traces[1], traces[0], rtol=1e-4, atol=1e-4)

@@ -164,15 +164,21 @@ def test_greedy_batch_1_equals_generate(tiny_parler_dir: Path, greedy: SpeechSer
         assert torch.equal(solo(greedy, text, voice), expected)
 
 
-def test_eos_padding_and_min_length_follow_generate(tiny_parler_dir: Path) -> None:
-    """Without the audio-only hook: EOS per codebook in turn, padding after it, no EOS before 10 tokens."""
-    model = ParlerTTSForConditionalGeneration.from_pretrained(tiny_parler_dir).eval()
+def eos_biased(path: Path, gain: float) -> ParlerTTSForConditionalGeneration:
+    """The tiny model with EOS made likely (`gain` > 0) or unlikely (< 0) and no other non-audio id chosen."""
+    model = ParlerTTSForConditionalGeneration.from_pretrained(path).eval()
     eos = model.generation_config.eos_token_id
     direction = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)
-    with torch.no_grad():  # EOS likely once allowed, no other non-audio id: sentences end early, frames stay audio
+    with torch.no_grad():
         for head in model.decoder.lm_heads:
-            head.weight[eos] += direction * 0.5
+            head.weight[eos] += direction * gain
             head.weight[eos + 1 :] = 0
+    return model
+
+
+def test_eos_padding_and_min_length_follow_generate(tiny_parler_dir: Path) -> None:
+    """Without the audio-only hook: EOS per codebook in turn, padding after it, no EOS before 10 tokens."""
+    model = eos_biased(tiny_parler_dir, 0.5)  # EOS likely once allowed: sentences end early, frames stay audio
     tokenizer = AutoTokenizer.from_pretrained(tiny_parler_dir)
     config = tiny_config(tiny_parler_dir, max_batch=2, max_frames=MAX_FRAMES)
     server = SpeechServer(config, model, tokenizer, do_sample=False, decode=silent_decode)
