@@ -66,7 +66,8 @@ class PathChoice:
 
     def describe(self) -> str:
         """One log line: the path, how it was chosen, the step times, cosines and any fallback reasons."""
-        parts = [f"CPU decoding path: {self.path} ({'forced by TTS_CPU_PATH' if self.forced else 'measured'})"]
+        how = "measured" if not self.forced else "forced by TTS_CPU_PATH" if self.path in PATHS else "as loaded"
+        parts = [f"CPU decoding path: {self.path} ({how})"]
         if self.step_ms:
             times = ", ".join(f"{name} {ms:.1f}" for name, ms in self.step_ms.items())
             parts.append(f"step ms at batch 1: {times}")

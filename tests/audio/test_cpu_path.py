@@ -189,3 +189,10 @@ def test_fused_projections_compute_what_the_separate_layers_do(model: ParlerTTSF
         for layers in (model.decoder, fused)
     ]
     torch.testing.assert_close(traces[1], traces[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_decoder_loaded_in_another_dtype_runs_as_loaded(model: ParlerTTSForConditionalGeneration) -> None:
+    model.decoder.to(torch.bfloat16)
+    original = model.decoder
+    choice = choose(model)
+    assert model.decoder is original and choice.describe() == "CPU decoding path: bfloat16 (as loaded)"
