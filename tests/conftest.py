@@ -20,7 +20,7 @@ pytest_plugins = ["tests.emulator.fixtures", "tests.fakes.postgres"]
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never read the developer's .env or real tokens."""
+    """Tests never read the developer's .env or real tokens, and run on the CPU."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     for name in (
         "DISCORD_TOKEN",
@@ -33,6 +33,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
         "TTS_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TTS_DEVICE", "cpu")  # the suite runs its models on the CPU, also on a machine with a GPU
     from bot.settings import get_settings
 
     get_settings.cache_clear()
