@@ -68,7 +68,7 @@ class ParlerDecoder:
         """A description's cross-attention keys and values for every layer (`(1, tokens)` inputs)."""
         model = self.model
         states = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if model.text_encoder.config.hidden_size != self.decoder.config.hidden_size and (self._cross_hidden is None):
+        if model.text_encoder.config.hidden_size != self.decoder.config.hidden_size and self._cross_hidden is None:
             states = model.enc_to_dec_proj(states)
         states = (states * attention_mask[..., None]).to(self.dtype)
         keys, values = [], []
