@@ -226,6 +226,7 @@ def main() -> None:
             processor=processor(),
             cpu_path=server.cpu_path.path,
             cpu_path_step_ms=server.cpu_path.step_ms,
+            cpu_path_seconds=round(server.cpu_path.seconds or 0, 1),
             chosen_speedup=None if speedup is None else round(speedup, 2),
         )
     if device.type == "cpu":

@@ -56,6 +56,8 @@ class PathChoice:
     step_ms: dict[str, float] = field(default_factory=dict)
     cosine: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    seconds: float | None = None
+    """How long building, checking and timing the paths took."""
 
     @property
     def speedup(self) -> float | None:
@@ -74,6 +76,8 @@ class PathChoice:
         if self.cosine:
             parts.append("logits cosine to fp32: " + ", ".join(f"{n} {c:.4f}" for n, c in self.cosine.items()))
         parts.extend(f"{name} not used: {reason}" for name, reason in self.rejected.items())
+        if self.seconds is not None:
+            parts.append(f"chosen in {self.seconds:.1f} s")
         return "; ".join(parts)
 
 
@@ -107,6 +111,7 @@ def choose_cpu_path(model: ParlerTTSForConditionalGeneration, config: TTSConfig,
     dtype = next(model.decoder.parameters()).dtype
     if model.device.type != "cpu" or dtype != torch.float32:
         return PathChoice(str(dtype).removeprefix("torch."), forced=True)
+    started = time.monotonic()
     forced = config.cpu_path != "auto"
     names = [config.cpu_path] if forced else candidates(config)
     choice = PathChoice("fp32", forced=forced)
@@ -121,6 +126,7 @@ def choose_cpu_path(model: ParlerTTSForConditionalGeneration, config: TTSConfig,
     elif built:
         choice.path = next(iter(built))
     model.decoder = built.get(choice.path, model.decoder)
+    choice.seconds = time.monotonic() - started
     return choice
 
 

@@ -55,6 +55,7 @@ def test_auto_keeps_the_fastest_path_whose_logits_stay_close_to_fp32(
     assert type(fc1(model)).__module__.startswith("torch.ao.nn.quantized")
     line = choice.describe()
     assert "int8 (measured)" in line and "fp32 10.0, packed 8.0, int8 5.0, bf16 6.0" in line
+    assert choice.seconds is not None and line.endswith(f"; chosen in {choice.seconds:.1f} s")
 
 
 @pytest.mark.usefixtures("every_path")
