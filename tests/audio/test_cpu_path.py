@@ -199,3 +199,17 @@ def test_a_decoder_loaded_in_another_dtype_runs_as_loaded(model: ParlerTTSForCon
     original = model.decoder
     choice = choose(model)
     assert model.decoder is original and choice.describe() == "CPU decoding path: bfloat16 (as loaded)"
+
+
+@pytest.mark.usefixtures("every_path")
+def test_a_path_that_fails_in_a_step_is_dropped_with_the_reason(
+    model: ParlerTTSForConditionalGeneration, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no kernel for this processor")
+
+    monkeypatch.setattr(PackedLinear, "forward", broken)
+    monkeypatch.setattr(cpu, "_check_packed", lambda *args: None)  # it built; only running a step fails
+    choice = choose(model)
+    assert choice.path == "int8" and choice.rejected == {"packed": "no kernel for this processor"}
+    assert "packed" not in choice.step_ms
