@@ -92,6 +92,7 @@ class ServeSettings(BaseSettings):
     tts_max_batch: int | None = Field(None, ge=1, le=256)
     tts_max_frames: int | None = Field(None, ge=16)
     tts_quantize: Literal["none", "int8"] = "none"
+    tts_cpu_path: Literal["auto", "fp32", "packed", "int8", "bf16"] = "auto"
     tts_queue_size: int = Field(16, ge=1)
     tts_min_replicas: int = Field(1, ge=0)
     tts_max_replicas: int = Field(1, ge=1)
@@ -119,6 +120,7 @@ class ServeSettings(BaseSettings):
             max_batch=self.tts_max_batch,
             max_frames=self.tts_max_frames,
             quantize=self.tts_quantize,
+            cpu_path=self.tts_cpu_path,
         )
 
     def replica_gpus(self) -> float:

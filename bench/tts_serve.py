@@ -11,10 +11,13 @@ audio codes so every answer is exactly `--seconds` long; one sentence per answer
 - `ttfa_ratio_concurrent`: p95 time to first audio of 4 answers submitted at once, reference ÷ server (the
   reference's k-th answer starts after k-1 whole answers).
 - `solo_speedup`: decoder steps per second of the server at batch 1 ÷ `generate()` at batch 1 (on CPU the server
-  runs the decoder's linear layers on oneDNN-packed weights as `SpeechServer.load` does; `generate()` runs the
-  model as `from_pretrained` gives it).
+  runs the decoder on the path `SpeechServer.load` measured fastest, int8 allowed; `generate()` runs the model as
+  `from_pretrained` gives it).
+- `cpu_path`: the path that load-time choice picked (fp32, packed, int8 or bf16; `audio.speech.cpu_path`), with
+  `cpu_path_step_ms` (its interleaved batch-1 timings of every candidate) and `chosen_speedup`: plain fp32 step ÷
+  the chosen path's step, from those same timings. `processor`: the CPU model, its deciding flags and the load.
 - `int8_speedup`: decoder step time fp32 (`nn.Linear`, as loaded: `step_ms_plain_1`) ÷ int8 at batch 1 (CPU);
-  `int8_speedup_vs_packed`: the server's fp32 step (oneDNN-packed weights, `PackedLinear`) ÷ int8; with the
+  `int8_speedup_vs_chosen`: the server's step on its load-time path (`cpu_path`) ÷ int8; with the
   cosine similarity and top-1 agreement of their logits over 200 steps, teacher-forced on the fp32 greedy ids.
 - `step_ms`: one decoder step per batch size; `rtf`: wall ÷ audio seconds per answer, per stream count.
 
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audio.speech import DEFAULT_VOICE, TTSConfig, Voice
+from audio.speech import DEFAULT_VOICE, TTSConfig, Voice, cpu_path
 from audio.speech.decoder import ParlerDecoder
 from audio.speech.parler import (
     fold_weight_norm,
@@ -44,6 +47,7 @@ from audio.speech.parler import (
 from audio.speech.reference import TTSEngine
 from audio.speech.server import DESCRIPTION_TOKENS, PROMPT_TOKENS, SpeechServer, codec_call
 from audio.speech.slots import bucket, length_buckets
+from bench.cpu_step import processor
 from bench.tts_stream import TEXT, DecodeTimer, _collect
 from tests.fakes.tiny_parler import build_parler
 
@@ -129,23 +133,10 @@ def step_ms(server: SpeechServer, sizes: list[int], prompt: int, frames: int, re
 def logits_trace(engine: TTSEngine, forced: torch.Tensor | None) -> torch.Tensor:
     """`TRACE_STEPS` steps of fp32 logits `(steps, codebooks, vocab)` at batch 1; greedy, or fed `forced` ids."""
     model, tokenizer = engine.model, engine.tokenizer
-    codebooks = model.decoder.config.num_codebooks
     decoder = ParlerDecoder(model, rows=1, length=PROMPT_TOKENS + TRACE_STEPS + 1, context=DESCRIPTION_TOKENS)
-    with torch.inference_mode():
-        description = tokenizer(DEFAULT_VOICE.description, return_tensors="pt")
-        voice = decoder.encode(description.input_ids, description.attention_mask)
-        decoder.cache.load_voice(0, voice)
-        prompt = tokenizer(TEXT, return_tensors="pt").input_ids
-        start = torch.full((1, codebooks), model.generation_config.decoder_start_token_id, dtype=torch.long)
-        hidden = torch.cat([decoder.prompt(prompt), decoder.embed(start)], dim=1)
-        length, tokens = decoder.cache.length, prompt.shape[-1] + 1
-        decoder.cache.prepare(length, voice.length)
-        logits = [decoder.forward(hidden, torch.arange(tokens)[None], 0, length, voice.length)[0]]
-        for step in range(TRACE_STEPS - 1):
-            ids = forced[step] if forced is not None else logits[-1].argmax(-1)
-            positions = torch.tensor([[tokens + step]])
-            logits.append(decoder.step(ids[None], positions, length, voice.length)[0])
-    return torch.stack(logits)
+    description = tokenizer(DEFAULT_VOICE.description, return_tensors="pt").input_ids
+    prompt = tokenizer(TEXT, return_tensors="pt").input_ids
+    return cpu_path.logits_trace(decoder, model, forced, TRACE_STEPS, prompt, description)
 
 
 def p95(values: list[float]) -> float:
@@ -166,7 +157,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = build_parler(Path(tmp) / args.arch, args.arch)
-        config = TTSConfig(model=str(path), device=args.device, max_batch=max(most, CONCURRENT))
+        config = TTSConfig(
+            model=str(path),
+            device=args.device,
+            max_batch=max(most, CONCURRENT),
+            quantize="int8" if args.device == "cpu" else "none",
+        )
         probe = TTSEngine.load(config, frames_per_sentence=8)
         print(f"built and loaded {args.arch} in {time.perf_counter() - started:.1f} s on {probe.device}")
         device = probe.device
@@ -224,6 +220,15 @@ def main() -> None:
         "rtf": {str(n): round(run.wall_s / audio_s, 2) for n, run in runs.items()},
         "int8_speedup": None,
     }
+    if server.cpu_path is not None and device.type == "cpu":
+        speedup = server.cpu_path.speedup
+        result.update(
+            processor=processor(),
+            cpu_path=server.cpu_path.path,
+            cpu_path_step_ms=server.cpu_path.step_ms,
+            cpu_path_seconds=round(server.cpu_path.seconds or 0, 1),
+            chosen_speedup=None if speedup is None else round(speedup, 2),
+        )
     if device.type == "cpu":
         server.close()
         del server  # its model copy
@@ -243,7 +248,7 @@ def main() -> None:
         agree = (fp32_logits.argmax(-1) == int8_logits.argmax(-1)).float().mean()
         result.update(
             int8_speedup=round(plain_step / int8_step, 2),
-            int8_speedup_vs_packed=round(step_times["1"] / int8_step, 2),
+            int8_speedup_vs_chosen=round(step_times["1"] / int8_step, 2),
             int8_cosine=round(float(cosine.mean()), 4),
             int8_top1_agreement=round(float(agree), 4),
             int8_throughput_ratio=round(throughput(int8_run, most), 2),

@@ -94,6 +94,7 @@ def tts_config(settings: Settings) -> TTSConfig:
         max_batch=settings.tts_max_batch,
         max_frames=settings.tts_max_frames,
         quantize=settings.tts_quantize,
+        cpu_path=settings.tts_cpu_path,
     )
 
 

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     tts_max_batch: int | None = Field(None, ge=1, le=256)
     tts_max_frames: int | None = Field(None, ge=16)
     tts_quantize: Literal["none", "int8"] = "none"
+    # The CPU decoding path: measured at load (auto) or forced.
+    tts_cpu_path: Literal["auto", "fp32", "packed", "int8", "bf16"] = "auto"
 
     # Audio tooling
     ffmpeg_path: Path | None = None

@@ -30,7 +30,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read the developer's .env or real tokens, and run speech on the CPU (also on a GPU machine)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    monkeypatch.setenv("TTS_DEVICE", "cpu")
     for name in (
         "DISCORD_TOKEN",
         "HF_TOKEN",
@@ -42,6 +41,7 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
         "TTS_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TTS_DEVICE", "cpu")  # the suite runs its models on the CPU, also on a machine with a GPU
     from bot.settings import get_settings
 
     get_settings.cache_clear()

@@ -5,8 +5,8 @@ protocol and the fair `SpeechScheduler` from here, and torch loads only when `lo
 The modules read as the data flow: `voice` (what the bot knows), `scheduler` (who speaks next), `server` (the
 serving engine), `loop` (continuous batching over the rows of `slots`' static cache, with `rules` for Parler's
 generation semantics, `decoder` for the step and `graphs` for its CUDA graphs), `codec` (frames → audio on a
-worker thread), `parler` (loading, int8, codec plumbing), `reference` (the one-at-a-time `generate()` engine kept
-as the baseline for tests and benchmarks).
+worker thread), `cpu_path` (the CPU decoder's kernels, measured at load), `parler` (loading, int8, codec
+plumbing), `reference` (the one-at-a-time `generate()` engine kept as the baseline for tests and benchmarks).
 """
 
 from __future__ import annotations

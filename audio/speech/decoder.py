@@ -9,29 +9,48 @@ supported; rotary embeddings and prompt cross-attention are refused at load.
 from __future__ import annotations
 
 import torch
-from parler_tts import ParlerTTSForConditionalGeneration
+from parler_tts import ParlerTTSForCausalLM, ParlerTTSForConditionalGeneration
 from torch.nn import functional as F
 
 from audio.speech.slots import StaticCache, VoiceContext
 
 
 class ParlerDecoder:
-    """One model's decoder with a `StaticCache` of `rows` rows and `length` positions per row."""
+    """One model's decoder with a `StaticCache` of `rows` rows and `length` positions per row.
 
-    def __init__(self, model: ParlerTTSForConditionalGeneration, *, rows: int, length: int, context: int) -> None:
-        config = model.decoder.config
+    `layers` replaces `model.decoder` (the decoder layers, embeddings and heads), e.g. a converted copy of it; the
+    text encoder and prompt embeddings stay `model`'s.
+    """
+
+    def __init__(
+        self,
+        model: ParlerTTSForConditionalGeneration,
+        *,
+        rows: int,
+        length: int,
+        context: int,
+        layers: ParlerTTSForCausalLM | None = None,
+    ) -> None:
+        layers = model.decoder if layers is None else layers
+        config = layers.config
         if config.rope_embeddings or model.prompt_cross_attention:
             raise NotImplementedError("the serving engine supports sinusoidal positions and prepended prompts only")
         self.model = model
-        self.decoder = model.decoder.model.decoder
+        self.decoder = layers.model.decoder
+        self._lm_heads = layers.lm_heads
+        self._cross_hidden = config.cross_attention_hidden_size
         self.num_codebooks: int = config.num_codebooks
         self.vocab_size: int = config.vocab_size
         self._heads = config.num_attention_heads
         self._head_dim = config.hidden_size // config.num_attention_heads
+        # `fuse_projections` gives copies one query-key-value product per layer.
+        self._fused = hasattr(self.decoder.layers[0].self_attn, "qkv_proj")
+        kv_size = config.num_key_value_heads * self._head_dim
+        self._qkv_sizes = [config.hidden_size, kv_size, kv_size]
         self._positions: torch.Tensor = self.decoder.embed_positions.weights
         if length > self._positions.shape[0]:
             raise ValueError(f"{length} positions exceed the model's {self._positions.shape[0]}")
-        self.dtype = next(model.decoder.parameters()).dtype
+        self.dtype = next(layers.parameters()).dtype
         self.device = model.device
         self.cache = StaticCache(
             layers=len(self.decoder.layers),
@@ -49,9 +68,7 @@ class ParlerDecoder:
         """A description's cross-attention keys and values for every layer (`(1, tokens)` inputs)."""
         model = self.model
         states = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if model.text_encoder.config.hidden_size != self.decoder.config.hidden_size and (
-            model.decoder.config.cross_attention_hidden_size is None
-        ):
+        if model.text_encoder.config.hidden_size != self.decoder.config.hidden_size and self._cross_hidden is None:
             states = model.enc_to_dec_proj(states)
         states = (states * attention_mask[..., None]).to(self.dtype)
         keys, values = [], []
@@ -89,13 +106,18 @@ class ParlerDecoder:
         self_mask.masked_fill_((keys_at > positions[..., None])[:, None], -torch.inf)
         cross_mask = cache.cross_mask[start : start + batch, ..., :context]
         rows = slice(start, start + batch)
+        row_ids = torch.arange(start, start + batch, device=hidden.device)[:, None]  # once, for every layer's write
         for index, layer in enumerate(self.decoder.layers):
             attention = layer.self_attn
             normed = layer.self_attn_layer_norm(hidden)
-            query = self._split(attention.q_proj(normed), self._heads)
-            key = attention.k_proj(normed).view(batch, steps, attention.num_key_value_heads, self._head_dim)
-            value = attention.v_proj(normed).view(batch, steps, attention.num_key_value_heads, self._head_dim)
-            cache.write(index, start, positions, key, value)
+            if self._fused:
+                query, key, value = attention.qkv_proj(normed).split(self._qkv_sizes, dim=-1)
+            else:
+                query, key, value = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+            query = self._split(query, self._heads)
+            key = key.view(batch, steps, attention.num_key_value_heads, self._head_dim)
+            value = value.view(batch, steps, attention.num_key_value_heads, self._head_dim)
+            cache.write(index, row_ids, positions, key, value)
             attended = self._attend(
                 query, cache.keys[index][rows, :, :length], cache.values[index][rows, :, :length], self_mask
             )
@@ -117,7 +139,7 @@ class ParlerDecoder:
         return self._logits(self.decoder.layer_norm(hidden[:, -1:]))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        heads = self.model.decoder.lm_heads
+        heads = self._lm_heads
         batch = hidden.shape[0]
         if isinstance(heads, torch.nn.ModuleList):
             logits = torch.stack([head(hidden[:, 0]) for head in heads], dim=1)

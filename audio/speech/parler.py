@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from parler_tts import ParlerTTSForConditionalGeneration
+from parler_tts import ParlerTTSForCausalLM, ParlerTTSForConditionalGeneration
 from torch.ao.quantization import quantize_dynamic
 from torch.nn.utils import parametrize
 from transformers import AutoTokenizer, LogitsProcessor, PreTrainedTokenizerBase
@@ -111,12 +112,48 @@ def fold_weight_norm(module: torch.nn.Module) -> int:
 def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
     """int8 weights on the `nn.Linear` layers of `module` (CPU): torch's dynamic quantization.
 
-    Chosen over torchao because it ships with torch (torchao is not a project dependency) and runs fbgemm's int8
-    GEMM on x86 CPUs: weights are quantized once per output channel, activations per call, so the memory-bound
-    decoder step reads a quarter of the fp32 bytes. torchao's int8 schemes target CUDA and `torch.compile`.
+    It runs fbgemm's int8 GEMM on x86 CPUs: weights are quantized once per output channel, activations per call,
+    so the memory-bound decoder step reads a quarter of the fp32 bytes. torch marks this API deprecated in favour
+    of torchao, but torchao 0.17 (the release for torch 2.11) has no eager CPU kernel for int8 dynamic activations:
+    measured here, its `Int8DynamicActivationInt8WeightConfig` ran a 1024-4096-1024 pair of layers about 60 times
+    slower than this (bench/RESULTS.md), fast only under `torch.compile`. The deprecation warning is silenced;
+    should a later torch drop the API, the int8 path fails to build and the load-time choice falls back.
     """
     unpack_linears(module)
-    return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def fuse_projections(decoder: ParlerTTSForCausalLM) -> None:
+    """Give `decoder` one linear layer per self-attention for its query, key and value projections (`qkv_proj`)
+    and one for all codebooks' heads: fewer, larger matrix products per step, fewer dispatches and (int8) fewer
+    activation quantizations. In place, for a copy served by `ParlerDecoder`: `generate()` needs the separate
+    layers. Results equal the separate products up to rounding."""
+    for layer in decoder.model.decoder.layers:
+        attention = layer.self_attn
+        attention.qkv_proj = _concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
+        del attention.q_proj, attention.k_proj, attention.v_proj
+    if isinstance(decoder.lm_heads, torch.nn.ModuleList):
+        decoder.lm_heads = _concatenated(list(decoder.lm_heads))
+
+
+def _concatenated(linears: list[torch.nn.Linear]) -> torch.nn.Linear:
+    """One `nn.Linear` computing `linears` side by side (outputs concatenated in order)."""
+    first = linears[0]
+    has_bias = any(linear.bias is not None for linear in linears)
+    fused = torch.nn.utils.skip_init(
+        torch.nn.Linear, first.in_features, sum(linear.out_features for linear in linears), bias=has_bias
+    )
+    with torch.no_grad():
+        fused.weight = torch.nn.Parameter(torch.cat([linear.weight for linear in linears]), requires_grad=False)
+        if has_bias:
+            biases = [
+                linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+                for linear in linears
+            ]
+            fused.bias = torch.nn.Parameter(torch.cat(biases), requires_grad=False)
+    return fused
 
 
 class PackedLinear(torch.nn.Module):

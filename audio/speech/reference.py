@@ -22,6 +22,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from audio.speech.codec import FrameDecoder, chunk_frames
 from audio.speech.parler import AudioCodesOnly, decode_codes, load_parler, seeded
+from audio.speech.rules import checkpoint_sampling
 from audio.speech.voice import TTSConfig, TTSError, Voice, split_sentences, synthesize
 
 
@@ -94,6 +95,7 @@ class TTSEngine:
         self.frame_rate: float = codec.frame_rate
         self._codebook_size: int = codec.codebook_size
         self._num_codebooks: int = model.decoder.config.num_codebooks
+        self._min_new_tokens, self._temperature = checkpoint_sampling(model.generation_config)
         self._lock = threading.Lock()
 
     @classmethod
@@ -121,7 +123,7 @@ class TTSEngine:
             ParlerTTSLogitsProcessor(self.model.generation_config.eos_token_id, self._num_codebooks, 1, self.device)
         ]
         if self.frames_per_sentence is None:
-            lengths = {"min_new_tokens": 10}
+            lengths = {"min_new_tokens": self._min_new_tokens}
         else:
             processors.append(AudioCodesOnly(self._codebook_size))
             steps = self.frames_per_sentence + self._num_codebooks - 1
@@ -132,7 +134,7 @@ class TTSEngine:
             "prompt_input_ids": prompt,
             "logits_processor": LogitsProcessorList(processors),
             "do_sample": True,
-            "temperature": 1.0,
+            "temperature": self._temperature,
             **lengths,
         }
 

@@ -10,9 +10,60 @@ rows that joined at different times share one batch; sampling draws each row's n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from parler_tts import ParlerTTSForConditionalGeneration
+from transformers import GenerationConfig
+
+DEMO_MIN_NEW_TOKENS = 10
+"""`min_new_tokens` when the checkpoint sets none (the original demo's value)."""
+DEMO_TEMPERATURE = 1.0
+"""The sampling temperature when the checkpoint sets none (the original demo's value)."""
+
+# `generate()` settings the decoding loop does not implement, with the value that leaves `generate()` unchanged
+# (None or an empty list are neutral too).
+_NEUTRAL: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "guidance_scale": 1.0,
+    "typical_p": 1.0,
+    "min_p": 0.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "no_repeat_ngram_size": 0,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+    "num_beams": 1,
+}
+
+
+def checkpoint_sampling(generation: GenerationConfig) -> tuple[int, float]:
+    """The checkpoint's `min_new_tokens` and temperature (the demo's 10 and 1.0 where unset).
+
+    Raises `ValueError` with one sentence when the config sets a non-neutral value of something the decoding
+    loop does not implement: serving it would silently differ from `generate()`.
+    """
+    unsupported = [
+        f"{name}={value!r}"
+        for name, neutral in _NEUTRAL.items()
+        if (value := getattr(generation, name, None)) not in (None, [], neutral)
+    ]
+    if unsupported:
+        raise ValueError(
+            f"The checkpoint's generation config sets {', '.join(unsupported)}, which the speech engine does not "
+            "implement."
+        )
+    temperature = DEMO_TEMPERATURE if generation.temperature is None else float(generation.temperature)
+    if temperature <= 0:
+        raise ValueError(f"The checkpoint's generation config sets temperature={temperature}; it must be above 0.")
+    min_new = DEMO_MIN_NEW_TOKENS if generation.min_new_tokens is None else generation.min_new_tokens
+    return min_new, temperature
 
 
 @dataclass(frozen=True)
@@ -43,7 +94,7 @@ class Rules:
         max_frames: int | None,
         do_sample: bool,
     ) -> Rules:
-        """The rules the reference engine's `generate()` call uses for `model`.
+        """The rules the reference engine's `generate()` call uses for `model` (see `checkpoint_sampling`).
 
         `frames_per_sentence` forbids every non-audio id and makes each sentence exactly that many frames long;
         `max_frames` caps a sentence like `max_new_tokens` would.
@@ -51,8 +102,9 @@ class Rules:
         generation = model.generation_config
         codebooks = model.decoder.config.num_codebooks
         eos = generation.eos_token_id
+        min_new, temperature = checkpoint_sampling(generation)
         if frames_per_sentence is None:
-            max_length, min_new = generation.max_length, 10
+            max_length = generation.max_length
         else:
             max_length = frames_per_sentence + codebooks
             min_new = max_length - 1
@@ -71,7 +123,7 @@ class Rules:
             min_length=generation.min_length or 0,
             audio_only=frames_per_sentence is not None,
             do_sample=do_sample,
-            temperature=1.0,
+            temperature=temperature,
             top_k=generation.top_k or 0,
             top_p=generation.top_p if generation.top_p is not None else 1.0,
         )

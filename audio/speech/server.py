@@ -1,8 +1,9 @@
 """The serving engine: many answers decoded in one batch by the decoding loop, audio decoded off its thread.
 
-`SpeechServer.load` loads the model like the reference engine, folds the codec's weight normalisation, puts int8
-weights on the decoder with `quantize="int8"` (CPU), and on CUDA captures the decoder step as CUDA graphs before
-returning, so the bot keeps answering in text until the voice is warm.
+`SpeechServer.load` loads the model like the reference engine, folds the codec's weight normalisation, gives the
+decoder the CPU path measured fastest on this processor (`cpu_path`: fp32, oneDNN-packed, int8 or bf16), and on
+CUDA captures the decoder step as CUDA graphs before returning, so the bot keeps answering in text until the voice
+is warm.
 
 `health()` reports a decoding loop or codec call that hangs, or steps that keep failing (a device in a sticky
 error); an answer waiting on a hung engine ends with `TTSError` instead of waiting forever.
@@ -22,10 +23,11 @@ from parler_tts import ParlerTTSForConditionalGeneration
 from transformers import PreTrainedTokenizerBase
 
 from audio.speech.codec import CodecWorker
+from audio.speech.cpu_path import PathChoice, choose_cpu_path
 from audio.speech.decoder import ParlerDecoder
 from audio.speech.graphs import Capture, CudaGraphs
 from audio.speech.loop import END, DecodingLoop, Request
-from audio.speech.parler import can_pack, decode_batch, fold_weight_norm, load_parler, pack_linears, quantize_int8
+from audio.speech.parler import decode_batch, fold_weight_norm, load_parler
 from audio.speech.rules import Rules
 from audio.speech.slots import batch_buckets, length_buckets
 from audio.speech.voice import EngineHealth, TTSConfig, TTSError, Voice, split_sentences, synthesize
@@ -38,6 +40,8 @@ PROMPT_TOKENS = 256
 """The longest sentence prompt, in tokens (longer sentences fail with `TTSError`)."""
 DESCRIPTION_TOKENS = 256
 """The longest voice description, in tokens."""
+CPU_MAX_BATCH = 8
+"""Answers per batch on CPU when `max_batch` is not set."""
 
 
 def codec_call(model: ParlerTTSForConditionalGeneration) -> Callable[[torch.Tensor], list[np.ndarray]]:
@@ -81,7 +85,9 @@ class SpeechServer:
         self.config = config
         self.model = model
         device = model.device
-        self.max_streams: int = config.max_batch or (32 if device.type == "cuda" else 8)
+        self.max_streams: int = config.max_batch or (32 if device.type == "cuda" else CPU_MAX_BATCH)
+        self.cpu_path: PathChoice | None = None
+        """What `load` chose for the CPU decoder (`audio.speech.cpu_path`)."""
         codec = model.config.audio_encoder
         self.sample_rate: int = codec.sampling_rate
         self.frame_rate: float = codec.frame_rate
@@ -117,19 +123,13 @@ class SpeechServer:
         """
         model, tokenizer = load_parler(config)
         folded = fold_weight_norm(model.audio_encoder)
-        if config.quantize == "int8":
-            if model.device.type != "cpu":
-                raise ValueError("TTS_QUANTIZE=int8 is for the CPU; GPUs run bf16")
-            quantize_int8(model.decoder)
-        elif can_pack(model.decoder):
-            pack_linears(model.decoder)
-        log.info(
-            "Speech model loaded on %s (%d codec convolutions folded, quantize=%s)",
-            model.device,
-            folded,
-            config.quantize,
-        )
-        return cls(config, model, tokenizer, **options)
+        path = choose_cpu_path(model, config, max_batch=config.max_batch or CPU_MAX_BATCH)
+        log.info("Speech model loaded on %s (%d codec convolutions folded)", model.device, folded)
+        if model.device.type == "cpu":
+            log.info("%s", path.describe())
+        server = cls(config, model, tokenizer, **options)
+        server.cpu_path = path
+        return server
 
     @property
     def device(self) -> torch.device:

@@ -108,9 +108,10 @@ class StaticCache:
                 buffer[:, :, self._zeroed_context : context].zero_()
             self._zeroed_context = context
 
-    def write(self, layer: int, start: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store `(B, L, heads, dim)` keys and values of rows `start ..` at their `(B, L)` positions."""
-        rows = torch.arange(start, start + positions.shape[0], device=positions.device)[:, None]
+    def write(
+        self, layer: int, rows: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        """Store `(B, L, heads, dim)` keys and values of rows `rows` `(B, 1)` at their `(B, L)` positions."""
         self.keys[layer][rows, :, positions] = keys
         self.values[layer][rows, :, positions] = values
 

@@ -38,7 +38,8 @@ class TTSConfig:
 
     `device`/`dtype` "auto": cuda, mps or cpu; bf16/fp16 on GPUs, fp32 on CPU. The first chunk of an answer lasts
     `first_chunk_s`, the next ones double up to `chunk_s`; each is decoded with `context_frames` codec frames of
-    context on both sides (8 frames ≈ 93 ms of extra latency, about 70 dB match with a full decode).
+    context on both sides (8 frames ≈ 93 ms of extra latency, about 70 dB match with a full decode). `quantize="int8"`
+    lets the CPU use int8 decoder weights; `cpu_path` forces the CPU decoding path (`audio.speech.cpu_path`).
     """
 
     model: str = "parler-tts/parler-mini-v1-jenny"
@@ -51,6 +52,7 @@ class TTSConfig:
     max_batch: int | None = None
     max_frames: int | None = None
     quantize: Literal["none", "int8"] = "none"
+    cpu_path: Literal["auto", "fp32", "packed", "int8", "bf16"] = "auto"
 
 
 class TTSError(Exception):

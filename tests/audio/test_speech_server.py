@@ -118,6 +118,7 @@ def rows_freed(server: SpeechServer) -> bool:
 
 
 def tiny_config(path: Path, **options: Any) -> TTSConfig:
+    """The tests' engine settings, on the CPU even where a GPU is present."""
     return TTSConfig(model=str(path), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8, **options)
 
 
@@ -128,8 +129,9 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 def make_server(path: Path, *, sample: bool, decode: Callable[..., Any] | None = silent_decode) -> SpeechServer:
+    """A server on plain fp32 `nn.Linear`: its codes compare bit for bit with `generate()`'s."""
     return SpeechServer.load(
-        tiny_config(path, max_batch=8), frames_per_sentence=FRAMES, do_sample=sample, decode=decode
+        tiny_config(path, max_batch=8, cpu_path="fp32"), frames_per_sentence=FRAMES, do_sample=sample, decode=decode
     )
 
 
@@ -156,15 +158,21 @@ def test_greedy_batch_1_equals_generate(tiny_parler_dir: Path, greedy: SpeechSer
         assert torch.equal(solo(greedy, text, voice), expected)
 
 
-def test_eos_padding_and_min_length_follow_generate(tiny_parler_dir: Path) -> None:
-    """Without the audio-only hook: EOS per codebook in turn, padding after it, no EOS before 10 tokens."""
-    model = ParlerTTSForConditionalGeneration.from_pretrained(tiny_parler_dir).eval()
+def eos_biased(path: Path, gain: float) -> ParlerTTSForConditionalGeneration:
+    """The tiny model with EOS made likely (`gain` > 0) or unlikely (< 0) and no other non-audio id chosen."""
+    model = ParlerTTSForConditionalGeneration.from_pretrained(path).eval()
     eos = model.generation_config.eos_token_id
     direction = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)
-    with torch.no_grad():  # EOS likely once allowed, no other non-audio id: sentences end early, frames stay audio
+    with torch.no_grad():
         for head in model.decoder.lm_heads:
-            head.weight[eos] += direction * 0.5
+            head.weight[eos] += direction * gain
             head.weight[eos + 1 :] = 0
+    return model
+
+
+def test_eos_padding_and_min_length_follow_generate(tiny_parler_dir: Path) -> None:
+    """Without the audio-only hook: EOS per codebook in turn, padding after it, no EOS before 10 tokens."""
+    model = eos_biased(tiny_parler_dir, 0.5)  # EOS likely once allowed: sentences end early, frames stay audio
     tokenizer = AutoTokenizer.from_pretrained(tiny_parler_dir)
     config = tiny_config(tiny_parler_dir, max_batch=2, max_frames=MAX_FRAMES)
     server = SpeechServer(config, model, tokenizer, do_sample=False, decode=silent_decode)
@@ -452,9 +460,7 @@ def test_packed_linear_computes_what_linear_does_and_unpacks_exactly(rows: int, 
     assert torch.equal(module[0].weight, linear.weight)
 
 
-def test_the_cpu_server_packs_its_decoder_and_int8_quantizes_packed_layers(greedy: SpeechServer) -> None:
-    layer = greedy.model.decoder.model.decoder.layers[0]
-    assert isinstance(layer.self_attn.q_proj, PackedLinear) and isinstance(layer.fc1, PackedLinear)
+def test_int8_quantizes_packed_layers() -> None:
     module = torch.nn.Sequential(torch.nn.Linear(4, 4))
     pack_linears(module)
     quantize_int8(module)
@@ -463,7 +469,9 @@ def test_the_cpu_server_packs_its_decoder_and_int8_quantizes_packed_layers(greed
 
 def test_int8_server_quantizes_the_decoder_and_speaks(tiny_parler_dir: Path) -> None:
     server = SpeechServer.load(
-        tiny_config(tiny_parler_dir, max_batch=2, quantize="int8"), frames_per_sentence=FRAMES, decode=silent_decode
+        tiny_config(tiny_parler_dir, max_batch=2, quantize="int8", cpu_path="int8"),
+        frames_per_sentence=FRAMES,
+        decode=silent_decode,
     )
     try:
         linear = server.model.decoder.model.decoder.layers[0].fc1
