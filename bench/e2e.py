@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audio.speech.server import SpeechServer
+from bench import report
 from tests.bot.helpers import answered, join
 from tests.e2e.harness import assert_heard_end_to_end, build_scene, heard, load_voiced_engine, serving
 from tests.emulator import DiscordEmulator
@@ -95,11 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(measure(args.questions, Path(tmp)))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from audio.listen.rtp import XCHACHA, decrypt_transport, parse_header
 from audio.listen.segmenter import SegmenterConfig
 from audio.listen.stream import MemberStream
 from audio.listen.vad import WebRtcVad
+from bench import report
 from bench.e2e import summary
 from bot.cogs.listening import ASK_ALOUD
 from tests.bot.helpers import answered, join
@@ -159,11 +159,7 @@ def main() -> None:
     if not args.skip_latency:
         with tempfile.TemporaryDirectory() as tmp:
             result.update(asyncio.run(latency(args.questions, Path(tmp))))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":
