@@ -41,7 +41,7 @@ async def test_a_server_down_at_start_up_leaves_the_answers_text_only_until_it_c
         await record.wait_for(answered, 30)
         assert final_embed(record)["footer"]["text"] == f"🔇 {SpeechStatus.FAILED.note}"
 
-        async with serving(FakeSpeechAPI(speech, {"data": [{"id": "parler", "sample_rate": 24000}]}), port):
+        async with serving(FakeSpeechAPI(speech, {"data": [{"id": "parler", "sample_rate": 24000}]}), port=port):
             await until(lambda: bot.speech_status is SpeechStatus.READY, 30)  # the loader tried again
             assert bot.speech_problem() == "" and bot.sample_rate == 24000
             record = await scene.ask("And now?")
