@@ -27,6 +27,7 @@ from bot.client import MagicBot
 from bot.services import build_oracle
 from bot.settings import Settings
 from tests.audio.helpers import aligned_correlation, decode
+from tests.bot.doubles import until
 from tests.bot.helpers import Scene, make_settings, running_bot
 from tests.emulator import DiscordEmulator, RtpPacket
 from tests.emulator.dave import E2E, PLAIN
@@ -112,6 +113,13 @@ async def serving(
     settings = e2e_settings(tmp_path, fake, **overrides)
     async with running_bot(scene.emu, settings, tts=engine, oracle=build_oracle(settings)) as bot:
         yield bot, SourceSpy(bot)
+
+
+async def settled(bot: MagicBot, timeout: float = 60) -> None:
+    """Wait until the bot has finished every question (its outcome recorded, its reply final): the far end hearing
+    the trailing silence comes a little before the player resolves the answer, and closing the bot in between
+    would stop an answer that was in fact spoken."""
+    await until(lambda: not len(bot.in_flight), timeout)
 
 
 def answer_packets(packets: list[RtpPacket], start: int = 0) -> list[RtpPacket]:

@@ -11,7 +11,7 @@ import pytest
 from audio.speech import Voice
 from audio.speech.server import SpeechServer
 from tests.bot.helpers import Scene, answered, fields, final_embed, join
-from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, assert_played_whole, serving
+from tests.e2e.harness import FRAMES_PER_SENTENCE, answer_packets, assert_played_whole, serving, settled
 from tests.emulator import DiscordEmulator
 from tests.fakes.inference import FakeInference
 
@@ -33,6 +33,7 @@ async def test_ask_in_voice_speaks_the_synthesised_answer(
         await record.wait_for(answered, 60)
         voice = scene.emu.voice(scene.guild.id)
         await voice.wait_for_utterances(1, 60)
+        await settled(bot)
 
     assert record.deferred and not record.ephemeral
     assert record.response_delay is not None and record.response_delay < scene.emu.interaction_deadline

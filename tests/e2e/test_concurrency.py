@@ -11,7 +11,7 @@ import pytest
 
 from audio.speech.server import SpeechServer
 from tests.bot.helpers import Scene, answered, final_embed, join
-from tests.e2e.harness import assert_played_whole, build_scene, heard, serving
+from tests.e2e.harness import assert_played_whole, build_scene, heard, serving, settled
 from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,7 +41,7 @@ async def test_simultaneous_questions_in_two_guilds_are_all_spoken_in_turn(
     plays = record_plays(monkeypatch)
     other = build_scene(scene.emu, "Second Guild")
     places = (scene, other)
-    async with serving(scene, tmp_path, fake_inference, voiced_engine) as (_, spy):
+    async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
         for place in places:
             await join(place)
         asks = [
@@ -54,6 +54,7 @@ async def test_simultaneous_questions_in_two_guilds_are_all_spoken_in_turn(
         for place in places:
             first = await heard(scene.emu, place.guild.id)
             heard_by_guild[place.guild.id] = [first, await heard(scene.emu, place.guild.id, len(first))]
+        await settled(bot)
 
     assert all("footer" not in final_embed(record) for record in records)
     assert [record.response_delay < scene.emu.interaction_deadline for record in records] == [True] * 4
