@@ -8,13 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import discord
 import numpy as np
 import pytest
 
 from audio.speech.server import SpeechServer
 from bot import metrics
 from bot.client import MagicBot
-from bot.cogs.listening import ASK_ALOUD, LEFT, MOVED, NOTHING_HEARD, OPEN_MIC_ON, RECONNECTED, STOPPED
+from bot.cogs.listening import (
+    ASK_ALOUD,
+    LEFT,
+    MOVED,
+    NOTHING_HEARD,
+    OPEN_MIC_ON,
+    OPEN_MIC_STATUS,
+    RECONNECTED,
+    STOPPED,
+)
 from tests.audio.helpers import decode
 from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join
 from tests.e2e.harness import serving
@@ -22,6 +32,8 @@ from tests.emulator import DiscordEmulator
 from tests.emulator.speaker import FarEndSpeaker, Impairment
 from tests.fakes.audio_files import speechlike
 from tests.fakes.inference import FakeInference
+
+SET_VOICE_CHANNEL_STATUS = discord.Permissions(set_voice_channel_status=True).value
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -275,6 +287,8 @@ async def test_open_mic_answers_the_wake_phrase_and_only_transcribes_chatter(
 async def test_open_mic_is_announced_when_the_bot_joins_and_can_be_turned_off(
     scene: Scene, tmp_path: Path, fake_inference: FakeInference
 ) -> None:
+    bot_role = scene.guild.bot_role
+    scene.guild.set_role_permissions(bot_role, bot_role.permissions | SET_VOICE_CHANNEL_STATUS)
     async with serving(scene, tmp_path, fake_inference, None) as (bot, _):
         switch = await scene.command("listening voice", {"state": "on"}, user=scene.mod)
         await switch.wait_for(lambda r: r.followups, 30)
@@ -283,6 +297,7 @@ async def test_open_mic_is_announced_when_the_bot_joins_and_can_be_turned_off(
         await scene.emu.wait_for(
             lambda: [m for m in scene.emu.channel_messages(scene.lounge.id) if m.content == OPEN_MIC_ON], 30
         )
+        await scene.emu.wait_for(lambda: scene.lounge.voice_status == OPEN_MIC_STATUS, 30)  # where it may
         receiver = bot.listening._receivers[scene.guild.id]
         assert receiver.open_mic
         off = await scene.command("listening voice", {"state": "off"}, user=scene.mod)

@@ -89,6 +89,7 @@ class RestApi:
             ("PATCH", r"/channels/(?P<channel_id>\d+)/messages/(?P<message_id>\d+)", self.edit_message, True),
             ("DELETE", r"/channels/(?P<channel_id>\d+)/messages/(?P<message_id>\d+)", self.delete_message, True),
             ("POST", r"/channels/(?P<channel_id>\d+)/typing", self.typing, True),
+            ("PUT", r"/channels/(?P<channel_id>\d+)/voice-status", self.put_voice_status, True),
             ("POST", r"/channels/(?P<channel_id>\d+)/attachments", self.request_upload, True),
             ("GET", r"/guilds/(?P<guild_id>\d+)/members/(?P<user_id>\d+)", self.get_member, True),
         ]:
@@ -498,6 +499,15 @@ class RestApi:
 
     async def typing(self, request: web.Request, channel_id: str) -> web.Response:
         self._channel_permissions(channel_id, "send_messages")
+        return web.Response(status=204)
+
+    async def put_voice_status(self, request: web.Request, channel_id: str) -> web.Response:
+        body, _ = await self._read(request)
+        self._channel_permissions(channel_id, "set_voice_channel_status")
+        channel = self.emu.world.guild_of_channel(int(channel_id)).channels[int(channel_id)]
+        if channel.type != 2:
+            raise HttpError(400, "Cannot set the status of a non-voice channel", 50024)
+        channel.voice_status = body.get("status") or None
         return web.Response(status=204)
 
     async def request_upload(self, request: web.Request, channel_id: str) -> web.Response:

@@ -148,6 +148,7 @@ class ChannelState:
     position: int
     overwrites: dict[int, Overwrite] = field(default_factory=dict)
     user_limit: int = 0
+    voice_status: str | None = None  # a voice channel's status line (PUT /channels/{id}/voice-status)
 
     def payload(self) -> Json:
         """The channel object."""
