@@ -38,27 +38,33 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     chunks: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     max_behind: int | None = None  # samples the reader may leave unread before the answer is cancelled
-    unread: int = 0
+    unread: int = 0  # samples delivered and not yet read (both threads, under `_lock`)
     overrun: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def deliver(self, item: Any) -> None:
-        """Hand a chunk, `_END` or an exception to the consumer (from any thread)."""
-        try:
-            self.loop.call_soon_threadsafe(self._put, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
-            self.cancel.set()
-
-    def _put(self, item: Any) -> None:
-        """On the consumer's loop: queue `item`, or end the answer once its reader is too far behind."""
+        """Hand a chunk, `_END` or an exception to the consumer (from any thread). Once the reader is more than
+        `max_behind` samples behind, the answer is cancelled here, on the producing thread, so the engine stops
+        at its next chunk however far the consumer's loop lags, and the reader gets `TTSError`."""
         if self.overrun:
             return
         if isinstance(item, np.ndarray):
-            self.unread += item.size
-            if self.max_behind is not None and self.unread > self.max_behind:
+            with self._lock:
+                self.unread += item.size
+                behind = self.unread
+            if self.max_behind is not None and behind > self.max_behind:
                 self.overrun = True
                 self.cancel.set()
                 item = TTSError("the reader fell too far behind the speech and the answer was stopped")
-        self.chunks.put_nowait(item)
+        try:
+            self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            self.cancel.set()
+
+    def read(self, item: np.ndarray) -> None:
+        """The reader took `item` (on the consumer's loop)."""
+        with self._lock:
+            self.unread -= item.size
 
 
 class SpeechStream(AsyncIterator[np.ndarray]):
@@ -82,7 +88,7 @@ class SpeechStream(AsyncIterator[np.ndarray]):
             if isinstance(item, BaseException):
                 raise item
             raise StopAsyncIteration
-        self._job.unread -= item.size
+        self._job.read(item)
         return item
 
     async def aclose(self) -> None:
