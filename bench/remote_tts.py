@@ -124,7 +124,8 @@ def main() -> None:
         os.environ[FRAMES_ENV] = str(round(args.seconds * 44100 / 512))  # inherited by Ray's workers
         os.environ[MARKS_ENV] = str(Path(folder) / "marks")
         local = fixed_length_engine(config)
-        with local_speech_app(model, engine_factory=fixed_length_engine, cpus=threads) as url:
+        path = local.cpu_path.path if local.cpu_path else "fp32"  # the replica decodes as the local engine chose
+        with local_speech_app(model, engine_factory=fixed_length_engine, cpus=threads, cpu_path=path) as url:
             remote = RemoteEngine.connect(RemoteConfig(url, str(model), timeout=600))
             try:
                 measure(local, 1)  # warm-up: caches, the HTTP connection

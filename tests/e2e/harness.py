@@ -42,9 +42,18 @@ MIN_END_TO_END = 0.99  # share of the audio frames after the first transition de
 
 
 def load_voiced_engine(path: Path) -> SpeechServer:
-    """The voiced checkpoint through the bot's loading code: 40 frames per sentence, chunks of 9 then 22."""
+    """The voiced checkpoint through the bot's loading code: 40 frames per sentence, chunks of 9 then 22.
+
+    The decoder stays on plain fp32 (`TTS_CPU_PATH=fp32`, as `local_speech_app`'s replica) so the audio of two engines
+    on this checkpoint can be compared: measured at each load, the fastest path can differ from process to process,
+    and sampling from random weights turns the smallest numeric difference into another sound."""
     config = TTSConfig(
-        model=str(build_voiced_parler(path)), device="cpu", first_chunk_s=0.1, chunk_s=0.25, context_frames=8
+        model=str(build_voiced_parler(path)),
+        device="cpu",
+        first_chunk_s=0.1,
+        chunk_s=0.25,
+        context_frames=8,
+        cpu_path="fp32",
     )
     return SpeechServer.load(config, frames_per_sentence=FRAMES_PER_SENTENCE)
 

@@ -36,11 +36,13 @@ def local_speech_app(
     engine_factory: Callable[[TTSConfig], SpeechEngine] = tiny_engine,
     api_key: str | None = None,
     cpus: float = 1.0,
+    cpu_path: str = "fp32",
 ) -> Iterator[str]:
     """Start Ray (2 CPUs, small object store, no dashboard) and the app; yield its base URL; shut both down.
 
     `engine_factory` must be importable by Ray's workers (a module-level function); `cpus` also sets the
-    replica's torch threads (Ray exports it as OMP_NUM_THREADS)."""
+    replica's torch threads (Ray exports it as OMP_NUM_THREADS); `cpu_path` is the replica's `TTS_CPU_PATH` (forced,
+    so its audio equals an in-process engine's forced the same way)."""
     import ray
     from ray import serve
 
@@ -63,6 +65,7 @@ def local_speech_app(
             tts_api_key=api_key,
             tts_replica_gpus=0,
             tts_replica_cpus=cpus,
+            tts_cpu_path=cpu_path,
         )
         serve.run(build(settings, engine_factory), name="speech", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
