@@ -157,7 +157,9 @@ class VoiceCog(commands.Cog, name="Voice"):
         guild = channel.guild
         client = guild.voice_client
         if isinstance(client, discord.VoiceClient) and client.is_connected():
-            await client.move_to(channel, timeout=CONNECT_TIMEOUT)
+            await client.move_to(channel, timeout=CONNECT_TIMEOUT)  # logs and returns on a timeout
+            if not client.is_connected() or getattr(client.channel, "id", None) != channel.id:
+                raise asyncio.TimeoutError(f"the move to {channel.id} did not complete")
         else:
             if client is not None:
                 await client.disconnect(force=True)

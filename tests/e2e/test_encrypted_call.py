@@ -51,3 +51,33 @@ async def test_members_join_and_leave_while_the_bot_speaks(
     (alice,) = [m for m in call.far_end if m.user_id == scene.alice.id]
     assert set(alice.heard[bot.user.id].outcomes) == {E2E}
     assert set(hearing.since_first_e2e) == {E2E}  # from its first decrypted frame on, it missed none
+
+
+async def test_the_bot_moves_to_another_channel_and_speaks_there_end_to_end_encrypted(
+    scene: Scene, tmp_path: Path, fake_inference: FakeInference, voiced_engine: SpeechServer, ffmpeg: str
+) -> None:
+    cellar = scene.guild.add_voice_channel("Cellar")
+    lounge_call, cellar_call = scene.emu.call(scene.lounge.id), scene.emu.call(cellar.id)
+    async with serving(scene, tmp_path, fake_inference, voiced_engine) as (bot, spy):
+        await join(scene)
+        await scene.emu.wait_for(lambda: lounge_call.secured and bot.user.id in lounge_call.members, 20, "the call")
+        await scene.emu.set_voice_state(scene.guild.id, scene.mod.id, cellar.id)
+        moved = await scene.command("join", user=scene.mod)
+        await moved.wait_for(lambda r: r.edits, 30)
+        assert moved.edits[-1].body["content"].startswith(f"🔊 Joined <#{cellar.id}>")
+        voice = scene.emu.voice(scene.guild.id)
+        await voice.wait_connected(2, 30)  # a new voice connection, to the cellar's call
+        assert voice.connections[0].close_codes == [4014]  # Discord closed the lounge's
+        await scene.emu.wait_for(lambda: cellar_call.secured and bot.user.id in cellar_call.members, 20, "moved")
+        assert bot.user.id not in lounge_call.members
+        assert bot.get_guild(scene.guild.id).voice_client.channel.id == cellar.id  # type: ignore[union-attr]
+
+        start = len(voice.packets)
+        record = await scene.ask("Is the cellar haunted?", user=scene.mod)
+        packets = await heard(scene.emu, scene.guild.id, start)
+        await record.wait_for(answered, 30)
+    await assert_played_whole(packets, spy.spoken[0], voiced_engine.sample_rate, ffmpeg)
+    (mod,) = cellar_call.far_end
+    assert set(mod.heard[bot.user.id].since_first_e2e) == {E2E}
+    (alice,) = lounge_call.far_end
+    assert alice.heard.get(bot.user.id) is None or not alice.heard[bot.user.id].outcomes  # the lounge heard nothing

@@ -537,7 +537,8 @@ class DiscordEmulator:
 
     async def _on_voice_request(self, data: Json) -> None:
         """Op 4 from the bot: answer with VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE, or stay silent
-        like Discord when the bot lacks CONNECT or the channel is full."""
+        like Discord when the bot lacks CONNECT or the channel is full. A move to another channel first closes the
+        open voice websocket with 4014, as Discord does, so the client connects to the new channel's call."""
         guild = self.world.guilds[int(data["guild_id"])]
         channel_id = int(data["channel_id"]) if data.get("channel_id") else None
         accepted = True
@@ -561,6 +562,11 @@ class DiscordEmulator:
         entry = VoiceStateEntry(
             self.bot.id, channel_id, session.id, bool(data.get("self_mute")), bool(data.get("self_deaf"))
         )
+        previous = guild.voice_states.get(self.bot.id)
+        connection = self.voice(guild.id).connection
+        if previous is not None and previous.channel_id != channel_id and connection is not None and connection.open:
+            # The old channel's voice server drops the bot first: discord.py then waits for the two updates below.
+            await self.voice_server.close(guild.id, 4014)
         guild.voice_states[self.bot.id] = entry
         self.gateway.dispatch("VOICE_STATE_UPDATE", guild.voice_state_payload(self.bot.id, entry), session=session)
         token = self.voice_server.allocate(guild.id, channel_id, session.id, self.bot.id)
