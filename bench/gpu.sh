@@ -10,42 +10,47 @@
 #                          bench.tts_serve on the Mini architecture at 1, 8 and 32 streams (and 64 if time is
 #                          left), bench.tts_stream. Output: one file per step under $OUT (else bench/gpu-results),
 #                          the last line of each its JSON; steps.txt says how each step ended.
+#   bench/gpu.sh pins      prints the wheels' name==version, as `prepare` takes them from requirements-lock.txt.
 #
 # With the device tool: `bench/gpu.sh prepare` here, then one call `run(command="bench/gpu.sh run",
 # carry=[".whl"], timeout_s=560)`; the reply's files are $OUT's.
 #
 # The machine has Python 3.12 with torch 2.11.0+cu130, torchaudio 2.11.0, transformers 5.x and huggingface_hub 1.x
-# (bench/gpu-machine-packages.txt); the wheels bring the versions the project runs (requirements-lock.txt).
+# (bench/gpu-machine-packages.txt); the wheels bring the versions the project runs, read from requirements-lock.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Wheels on the registry, versions from requirements-lock.txt. accelerate is not in the lock (the project does not
-# use it), but transformers imports whatever accelerate is installed: this pins one of transformers 4.46's time
-# instead of the machine's. discord.py[voice] is not imported by the run; it lets the test suite import there.
+# The wheels, by name: `pins` (python -m bench.gpu_pins) gives each the version requirements-lock.txt pins for
+# Python 3.12 on Linux x86-64, so refreshing the lock (python -m tools.lock) moves them too, and a name the lock
+# lacks stops `prepare`. Only accelerate is pinned here: it is not in the lock (the project does not use it), but
+# transformers imports whatever accelerate is installed, so this pins one of transformers 4.46's time instead of
+# the machine's. discord-py[voice] (davey, pynacl) is not imported by the run; it lets the test suite import there.
 WHEELS=(
-  transformers==4.46.1 tokenizers==0.20.3 huggingface-hub==0.36.2 accelerate==1.1.1
-  docstring-parser==0.18.0 ffmpy==1.0.0 flatten-dict==0.5.0 importlib-resources==7.1.0 julius==0.2.8
-  soundfile==0.14.0 cffi==2.1.1
-  discord-py==2.7.1 davey==0.1.7 pynacl==1.5.0
+  transformers tokenizers huggingface-hub accelerate==1.1.1
+  docstring-parser ffmpy flatten-dict importlib-resources julius soundfile cffi
+  discord-py davey pynacl
 )
 # Published as source only (pure Python): built into wheels here.
-SOURCES=(
-  parler-tts==0.2.3 descript-audio-codec-unofficial==1.0.0 descript-audiotools-unofficial==0.7.4
-  argbind==0.3.9 randomname==0.2.1
-)
+SOURCES=(parler-tts descript-audio-codec-unofficial descript-audiotools-unofficial argbind randomname)
 LIMIT_MIB=60
 WHL=.whl
 # `prepare` runs pip and the import check with the project's environment (PYTHON, else .venv, else python3).
 [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && PYTHON=.venv/bin/python
 
+# pins NAME...: `name==version` for each, from requirements-lock.txt (one line each; exits 1 naming what it lacks).
+pins() {
+  ${PYTHON:-python3} -m bench.gpu_pins --lock requirements-lock.txt "$@"
+}
+
 prepare() {
-  local pip=(${PYTHON:-python3} -m pip) platforms=() n
+  local pip=(${PYTHON:-python3} -m pip) platforms=() n wheels sources
+  wheels=$(pins "${WHEELS[@]}") && sources=$(pins "${SOURCES[@]}") || return 1
   for n in 28 27 17; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
   platforms+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
   rm -rf "$WHL" && mkdir -p "$WHL" || return 1
   "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
-    -d "$WHL" "${WHEELS[@]}" || return 1
-  "${pip[@]}" wheel -q --no-deps -w "$WHL" "${SOURCES[@]}" || return 1
+    -d "$WHL" $wheels || return 1
+  "${pip[@]}" wheel -q --no-deps -w "$WHL" $sources || return 1
   ls -l "$WHL"
   local bytes
   bytes=$(cat "$WHL"/*.whl | wc -c)
@@ -113,5 +118,6 @@ run() {
 case "${1:-}" in
   prepare) prepare ;;
   run) run ;;
-  *) echo "usage: bench/gpu.sh prepare|run" >&2; exit 2 ;;
+  pins) pins "${WHEELS[@]}" "${SOURCES[@]}" ;;
+  *) echo "usage: bench/gpu.sh prepare|run|pins" >&2; exit 2 ;;
 esac
