@@ -23,6 +23,7 @@ _BYTES_PER_SAMPLE = 2  # s16le
 # only local files and pipes may be opened, so an upload can never make ffmpeg read another file or a URL.
 INPUT_FORMATS = "ogg,mp3,wav,flac,mov,mp4,m4a,matroska,webm,aac"
 INPUT_PROTOCOLS = "file,pipe"
+PCM16_SCALE = 32768.0  # 16-bit PCM full scale: float 1.0 ↔ 32768 steps (clipped to 32767)
 SILENCE_PEAK = 1e-3  # below this peak amplitude (full scale 1.0) a recording counts as silent
 
 
@@ -39,8 +40,23 @@ class AudioLimits:
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:
-    """Float samples (full scale ±1.0, clipped) as little-endian 16-bit PCM."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    """Float samples (full scale ±1.0) as little-endian 16-bit PCM: scaled by 32768, rounded to the nearest
+    step and clipped to [-32768, 32767] (so +1.0 becomes 32767). `from_pcm16` undoes it exactly for every
+    16-bit value; a float in range comes back within half a step (0.5 / 32768)."""
+    scaled = np.round(np.asarray(samples, np.float32) * PCM16_SCALE)
+    return np.clip(scaled, -PCM16_SCALE, PCM16_SCALE - 1).astype("<i2")
+
+
+def from_pcm16(data: bytes | np.ndarray) -> np.ndarray:
+    """16-bit PCM as float32 samples divided by 32768 (the inverse of `to_pcm16`): little-endian bytes, whose
+    odd trailing byte is ignored, or an int16 array."""
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind != "i" or data.dtype.itemsize != 2:
+            raise TypeError(f"16-bit PCM must be int16, not {data.dtype}")
+        pcm = data
+    else:
+        pcm = np.frombuffer(data, "<i2", count=len(data) // 2)
+    return pcm.astype(np.float32) / np.float32(PCM16_SCALE)
 
 
 def check_size(size: int, limits: AudioLimits) -> None:
@@ -90,7 +106,7 @@ async def decode_upload(data: bytes, limits: AudioLimits, ffmpeg: str) -> np.nda
         raise _too_long(limits)
     if code != 0 and not pcm:
         raise AudioInputError("I couldn't read that file as audio: it looks corrupt or isn't a sound recording.")
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    samples = from_pcm16(pcm)
     if samples.size < ASR_SAMPLE_RATE // 10:
         raise AudioInputError("That recording holds no audio I can hear.")
     if float(np.max(np.abs(samples))) < SILENCE_PEAK:

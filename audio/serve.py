@@ -42,6 +42,7 @@ from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from audio.formats import to_pcm16
 from audio.speech import (
     DEFAULT_SEED,
     EngineHealth,
@@ -149,11 +150,6 @@ class _MeteredEngine:
 
     def health(self) -> EngineHealth:
         return engine_health(self._engine)
-
-
-def to_s16le(chunk: np.ndarray) -> bytes:
-    """float32 [-1, 1] → 16-bit little-endian PCM (the inverse of the client's `/ 32768`)."""
-    return np.clip(np.round(chunk * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -345,9 +341,9 @@ class SpeechDeployment:
         ended = False
         try:
             if first is not None:
-                yield to_s16le(first)
+                yield to_pcm16(first).tobytes()
             async for chunk in stream:
-                yield to_s16le(chunk)
+                yield to_pcm16(chunk).tobytes()
             self._served += 1
             ended = True
         except TTSError:

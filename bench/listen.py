@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from audio.formats import from_pcm16, to_pcm16
 from audio.listen.opus import FRAME_SAMPLES
 from audio.listen.rtp import XCHACHA, decrypt_transport, parse_header
 from audio.listen.segmenter import SegmenterConfig
@@ -102,7 +103,7 @@ def cpu(seconds: float) -> dict[str, Any]:
 
 
 def _frames16k(samples: np.ndarray) -> np.ndarray:
-    pcm = (np.clip(samples[::3], -1, 1) * 32767).astype(np.int16)
+    pcm = to_pcm16(samples[::3])
     return pcm[: len(pcm) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
 
 
@@ -128,7 +129,7 @@ def vad() -> dict[str, Any]:
 
         def silero(frame: np.ndarray) -> bool:
             with torch.inference_mode():
-                return float(model(torch.from_numpy(frame.astype(np.float32) / 32768), 16_000)) > 0.5
+                return float(model(torch.from_numpy(from_pcm16(frame)), 16_000)) > 0.5
 
         detectors["silero"] = silero
     except ImportError:

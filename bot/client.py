@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
 import aiohttp
@@ -25,7 +26,15 @@ from audio.asr import Transcriber
 from audio.ffmpeg import ffmpeg_exe, run_ffmpeg_work
 from audio.oracle import Oracle
 from audio.source import StreamingSource
-from audio.speech import SpeechEngine, SpeechScheduler, SpeechStackError, Voice, close_engine, engine_health
+from audio.speech import (
+    SpeechEngine,
+    SpeechScheduler,
+    SpeechStackError,
+    TTSError,
+    Voice,
+    close_engine,
+    engine_health,
+)
 from audio.voice_message import VoiceMessage, encode_voice_message
 from bot.admission import Admission
 from bot.discord_io import NO_PINGS, tell
@@ -270,16 +279,23 @@ class MagicBot(commands.AutoShardedBot):
         """A live audio source for speaking `text` in voice."""
         return StreamingSource(self.sample_rate, ffmpeg=self.ffmpeg, expected_seconds=estimate_seconds(text))
 
+    async def synthesize(self, guild_id: int, text: str, voice: Voice) -> AsyncIterator[np.ndarray]:
+        """The audio of `text`, chunk by chunk, through the speech queue; the wait for the first chunk is the
+        `tts_first_audio` stage, for voice channels and voice messages alike. Raises `TTSError` when the voice is
+        not loaded, `TTSQueueFull` when the queue has no room."""
+        if self.speech is None:
+            raise TTSError("the voice is not loaded")
+        started = time.perf_counter()
+        first = True
+        async for chunk in self.speech.stream(guild_id, text, voice):
+            if first:
+                observe("tts_first_audio", time.perf_counter() - started)
+                first = False
+            yield chunk
+
     async def record(self, guild_id: int, text: str, voice: Voice) -> VoiceMessage:
         """Synthesise `text` completely and encode it as a voice message (raises if TTS is not ready)."""
-        if self.speech is None:
-            raise RuntimeError("the voice is not ready")
-        started = time.perf_counter()
-        chunks = []
-        async for chunk in self.speech.stream(guild_id, text, voice):
-            if not chunks:
-                observe("tts_first_audio", time.perf_counter() - started)
-            chunks.append(chunk)
+        chunks = [chunk async for chunk in self.synthesize(guild_id, text, voice)]
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         return await run_ffmpeg_work(encode_voice_message, samples, self.sample_rate, ffmpeg=self.ffmpeg)
 

@@ -219,13 +219,8 @@ class GuildPlayer:
             await self._on_idle()
 
     async def _feed(self, utterance: Utterance, source: StreamingSource) -> None:
-        started = time.perf_counter()
-        first = True
         try:
             async for chunk in self._synthesize(utterance.text, utterance.voice):
-                if first:
-                    observe("tts_first_audio", time.perf_counter() - started)
-                    first = False
                 await source.afeed(chunk)
         except asyncio.CancelledError:
             source.cancel()

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from audio.formats import from_pcm16
 from audio.speech.voice import TTSError, TTSQueueFull, Voice
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class PcmDecoder:
         data = self._odd + data
         usable = len(data) - len(data) % 2
         self._odd = data[usable:]
-        samples = np.frombuffer(data[:usable], "<i2").astype(np.float32) / 32768.0
+        samples = from_pcm16(data)  # the odd byte is left out, kept in `_odd`
         return samples if self._step == 1.0 else self._resample(samples)
 
     def _resample(self, samples: np.ndarray) -> np.ndarray:

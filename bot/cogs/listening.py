@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import discord
-import numpy as np
 from discord import app_commands
 from discord.ext import commands
 
 from audio.asr import TranscriptionUnavailable
 from audio.errors import UserFacingError
+from audio.formats import from_pcm16
 from audio.inference import InferenceError
 from audio.listen.segmenter import SegmenterConfig, Utterance
 from audio.listen.wake import after_wake_phrase
@@ -55,7 +55,7 @@ async def transcribe(bot: MagicBot, utterance: Utterance) -> str:
     async with bot.transcriptions:  # the same bound as uploads, all guilds together
         with metrics.timed("transcription"):
             try:
-                return await bot.transcriber.transcribe_samples(utterance.pcm.astype(np.float32) / 32768)
+                return await bot.transcriber.transcribe_samples(from_pcm16(utterance.pcm))
             except InferenceError as exc:
                 metrics.INFERENCE_ERRORS.labels(service="asr", kind=type(exc).__name__).inc()
                 raise

@@ -17,7 +17,6 @@ from discord.errors import ConnectionClosed
 from discord.ext import commands
 from discord.voice_state import VoiceConnectionState
 
-from audio.speech import SpeechStream, TTSError, Voice
 from bot.discord_io import tell
 from bot.playback import RECONNECT_POLL_SECONDS, GuildPlayer, VoiceLink
 from bot.voice_receive import ListeningVoiceClient
@@ -171,7 +170,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         if guild.id not in self._players:
             self._players[guild.id] = GuildPlayer(
                 connect=lambda: self._link(guild.id),
-                synthesize=lambda text, voice: self._synthesize(guild.id, text, voice),
+                synthesize=lambda text, voice: self.bot.synthesize(guild.id, text, voice),
                 make_source=lambda text: self.bot.new_source(text),
                 queue_size=self.bot.settings.guild_queue_size,
                 idle_seconds=self.bot.settings.voice_idle_seconds,
@@ -204,11 +203,6 @@ class VoiceCog(commands.Cog, name="Voice"):
         player = self._players.pop(guild_id, None)
         if player is not None:
             await player.close()
-
-    def _synthesize(self, guild_id: int, text: str, voice: Voice) -> SpeechStream:
-        if self.bot.speech is None:
-            raise TTSError("the voice is not loaded")
-        return self.bot.speech.stream(guild_id, text, voice)
 
     async def _link(self, guild_id: int) -> VoiceLink | None:
         """The guild's connected voice client, waiting out a reconnect after a drop; None once it is gone."""

@@ -12,10 +12,43 @@ import numpy as np
 import pytest
 
 from audio.ffmpeg import FFmpegTimeout, run_ffmpeg
-from audio.formats import ASR_SAMPLE_RATE, AudioInputError, AudioLimits, decode_upload, upload_to_flac
+from audio.formats import (
+    ASR_SAMPLE_RATE,
+    AudioInputError,
+    AudioLimits,
+    decode_upload,
+    from_pcm16,
+    to_pcm16,
+    upload_to_flac,
+)
 from tests.fakes.audio_files import FORMATS, encode, speechlike
 
 LIMITS = AudioLimits(max_bytes=2 * 1024 * 1024, max_seconds=5.0)
+
+
+def test_pcm16_encoding_scales_by_32768_rounds_and_clips() -> None:
+    steps = np.array([0.0, 0.5, -0.5, -1.0, 1.0, 2.0, -2.0, 1.4, 1.6, -1.6], np.float32)
+    steps[-3:] /= 32768
+    pcm = to_pcm16(steps)
+    assert pcm.dtype == np.dtype("<i2")
+    assert pcm.tolist() == [0, 16384, -16384, -32768, 32767, 32767, -32768, 1, 2, -2]
+
+
+def test_pcm16_round_trip_is_within_half_a_step_and_exact_for_every_16_bit_value() -> None:
+    samples = np.random.default_rng(0).uniform(-1.0, 32767 / 32768, 100_000).astype(np.float32)
+    back = from_pcm16(to_pcm16(samples).tobytes())
+    assert back.dtype == np.float32
+    assert float(np.max(np.abs(back - samples))) <= 0.5 / 32768
+    every = np.arange(-32768, 32768).astype(np.int16)
+    assert np.array_equal(from_pcm16(every), every / 32768)
+    assert np.array_equal(to_pcm16(from_pcm16(every)), every)
+
+
+def test_pcm16_decoding_ignores_an_odd_trailing_byte_and_refuses_other_sample_types() -> None:
+    assert from_pcm16(b"\x00\x40\x00\xc0\x7f").tolist() == [0.5, -0.5]
+    assert from_pcm16(b"\x7f").size == 0
+    with pytest.raises(TypeError, match="int16"):
+        from_pcm16(np.zeros(4, np.int32))
 
 
 @pytest.mark.parametrize("ext", sorted(FORMATS))

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from audio.formats import to_pcm16
 from audio.listen.jitter import JitterBuffer
 from audio.listen.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
 from audio.listen.rtp import (
@@ -112,7 +113,7 @@ def test_opus_decoder_gives_16khz_mono_and_silence_for_missing_frames() -> None:
 
 def frames_of(samples: np.ndarray) -> list[np.ndarray]:
     """Float audio at 48 kHz as 20 ms int16 frames at 16 kHz (plain decimation: enough for the detector)."""
-    pcm = (samples[::3] * 32767).astype(np.int16)
+    pcm = to_pcm16(samples[::3])
     pcm = np.concatenate([pcm, np.zeros(-len(pcm) % FRAME_SAMPLES, np.int16)])
     return list(pcm.reshape(-1, FRAME_SAMPLES))
 

@@ -271,14 +271,16 @@ async def test_any_user_facing_error_is_the_one_sentence_the_asker_gets(scene: S
         assert await ephemeral_reply(await scene.ask("Are you there?")) == "The spirits are asleep; ask again at dawn."
 
 
-async def test_a_spoken_answer_is_counted_with_its_first_voice_packet(scene: Scene, tmp_path: Path) -> None:
+async def test_a_spoken_answer_is_counted_with_its_first_audio_and_voice_packet(scene: Scene, tmp_path: Path) -> None:
     spoken = {"source": "slash", "outcome": "spoken"}
     before = sample("magic8ball_questions_total", spoken)
-    first_packets = sample("magic8ball_stage_seconds_count", {"stage": "first_voice_packet"})
+    stages = ("tts_first_audio", "first_voice_packet")
+    counts = {stage: sample("magic8ball_stage_seconds_count", {"stage": stage}) for stage in stages}
     async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()):
         await join(scene)
         record = await scene.ask("Say it?")
         await record.wait_for(answered, 60)
         await scene.emu.wait_for(lambda: sample("magic8ball_questions_total", spoken) > before, 30, "the count")
     assert sample("magic8ball_questions_total", spoken) == before + 1
-    assert sample("magic8ball_stage_seconds_count", {"stage": "first_voice_packet"}) == first_packets + 1
+    for stage in stages:
+        assert sample("magic8ball_stage_seconds_count", {"stage": stage}) == counts[stage] + 1, stage

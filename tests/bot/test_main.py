@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from audio.errors import UserFacingError
+from audio.formats import from_pcm16
 from audio.oracle import CLASSIC_ANSWERS, Oracle
 from audio.speech import TTSConfig, Voice
 from audio.speech.server import SpeechServer
@@ -142,7 +143,7 @@ def test_write_wav_roundtrip(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", samples, 44_100)
     with wave.open(str(tmp_path / "a.wav")) as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getnframes()) == (44_100, 1, 4410)
-        back = np.frombuffer(wav.readframes(4410), "<i2") / 32767
+        back = from_pcm16(wav.readframes(4410))
     assert np.allclose(back, samples, atol=1e-4)
 
 
@@ -185,7 +186,7 @@ async def test_ask_speak_writes_the_spoken_answer(
     with wave.open(str(out)) as wav:
         frames = wav.readframes(wav.getnframes())
         assert wav.getframerate() == tiny_speech_server.sample_rate
-    spoken = np.frombuffer(frames, "<i2") / 32767
+    spoken = from_pcm16(frames)
     expected = tiny_speech_server.synthesize(answer, Voice(Settings().tts_voice_description, 42))
     assert spoken.size == expected.size > 0
     assert np.allclose(spoken, expected, atol=2e-4)  # the same voice and seed: the same audio

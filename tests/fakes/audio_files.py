@@ -7,6 +7,8 @@ import tempfile
 
 import numpy as np
 
+from audio.formats import to_pcm16
+
 FORMATS = {  # extension -> ffmpeg output arguments
     "ogg": ["-c:a", "libopus", "-b:a", "32k", "-f", "ogg"],  # what Discord voice messages are
     "mp3": ["-c:a", "libmp3lame", "-f", "mp3"],
@@ -29,7 +31,7 @@ def speechlike(seconds: float, sample_rate: int = 48_000, seed: int = 0) -> np.n
 
 def encode(samples: np.ndarray, ext: str, ffmpeg: str, sample_rate: int = 48_000) -> bytes:
     """Encode float mono samples into the container/codec users upload with extension `ext`."""
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = to_pcm16(samples).tobytes()
     cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(sample_rate), "-ac", "1"]
     with tempfile.NamedTemporaryFile(suffix=f".{ext}") as out:  # a file: MP4 writes its index at the end
         cmd += ["-i", "pipe:0", *FORMATS[ext], "-y", out.name]
