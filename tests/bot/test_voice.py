@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -126,6 +127,20 @@ async def test_voice_drop_mid_answer_reconnects_and_the_queue_resumes(scene: Sce
         await queued.wait_for(answered, 60)
         await scene.emu.wait_for(lambda: any(p.ssrc == voice.connections[1].ssrc for p in voice.packets), 60)
         assert "footer" not in final_embed(queued)
+
+
+async def test_a_move_that_does_not_complete_is_reported(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cellar = scene.guild.add_voice_channel("Cellar")
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()):
+        monkeypatch.setattr(sys.modules["bot.cogs.voice"], "CONNECT_TIMEOUT", 2.0)  # the module the bot loaded
+        await join(scene)
+        scene.emu.udp_blackhole(scene.guild.id)  # the new connection's IP discovery is never answered
+        await scene.emu.set_voice_state(scene.guild.id, scene.mod.id, cellar.id)
+        moved = await ephemeral_reply(await scene.command("join", user=scene.mod))
+        assert moved == f"I couldn't connect to <#{cellar.id}>; please try again."
+        scene.emu.udp_blackhole(scene.guild.id, enabled=False)
 
 
 async def test_kicked_from_voice_answers_go_out_as_voice_messages(scene: Scene, tmp_path: Path) -> None:
