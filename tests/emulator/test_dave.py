@@ -73,6 +73,19 @@ async def _in_call(
         await voice_client.disconnect()
 
 
+@asynccontextmanager
+async def _speaking(
+    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path, seconds: float, *names: str
+) -> AsyncIterator[tuple[discord.Client, list[int], asyncio.Event]]:
+    """`_in_call` with the named members, playing a `seconds` long sine; the event is set when playback ended."""
+    _write_sine(tmp_path / "sine.wav", seconds)
+    async with (
+        _in_call(emulator, guild, *names) as (client, voice_client, members),
+        _playing(voice_client, tmp_path / "sine.wav") as done,
+    ):
+        yield client, members, done
+
+
 def _audio(emulator: DiscordEmulator, guild: GuildState, start: int = 0, stop: int | None = None) -> list[RtpPacket]:
     """The audio packets (no silence, no Ogg headers) among the guild's packets[start:stop]."""
     return [p for p in emulator.voice(guild.id).packets[start:stop] if not p.silence and not p.ogg_header]
@@ -162,12 +175,8 @@ async def _hear_more(emulator: DiscordEmulator, guild: GuildState, count: int) -
 async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_it(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _write_sine(tmp_path / "sine.wav", 3.0)
     call = emulator.call(_lounge(guild))
-    async with (
-        _in_call(emulator, guild, "alice") as (client, voice_client, (alice,)),
-        _playing(voice_client, tmp_path / "sine.wav") as done,
-    ):
+    async with _speaking(emulator, guild, tmp_path, 3.0, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 25)
         (bob,) = await _seat(emulator, guild, "bob")
         await _secured(emulator, call, client.user.id, alice, bob)
@@ -181,15 +190,13 @@ async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_i
 async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _write_sine(tmp_path / "sine.wav", 3.0)
     call = emulator.call(_lounge(guild))
-    async with _in_call(emulator, guild, "alice", "bob") as (client, voice_client, (_, bob)):
+    async with _speaking(emulator, guild, tmp_path, 3.0, "alice", "bob") as (client, (_, bob), done):
         epoch = call.epoch
-        async with _playing(voice_client, tmp_path / "sine.wav") as done:
-            await _hear_more(emulator, guild, 25)
-            await emulator.set_voice_state(guild.id, bob, None)
-            await emulator.wait_for(lambda: call.epoch > epoch and call.secured, 20, "bob's removal")
-            assert not done.is_set()
+        await _hear_more(emulator, guild, 25)
+        await emulator.set_voice_state(guild.id, bob, None)
+        await emulator.wait_for(lambda: call.epoch > epoch and call.secured, 20, "bob's removal")
+        assert not done.is_set()
     assert call.commits[-1].user_id == client.user.id  # the bot committed the removal
     assert bob not in call.participants
     assert all(p.e2e == E2E for p in _audio(emulator, guild))
@@ -198,12 +205,8 @@ async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
 async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _write_sine(tmp_path / "sine.wav", 4.0)
     call = emulator.call(_lounge(guild))
-    async with (
-        _in_call(emulator, guild, "alice") as (client, voice_client, (alice,)),
-        _playing(voice_client, tmp_path / "sine.wav") as done,
-    ):
+    async with _speaking(emulator, guild, tmp_path, 4.0, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 25)
         transition = call.send_bad_commit(client.user.id)
         await emulator.wait_for(lambda: (client.user.id, transition) in call.invalid_reports, 20, "op 31")
@@ -219,12 +222,8 @@ async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
 async def test_a_downgrade_to_transport_encryption_and_back(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
-    _write_sine(tmp_path / "sine.wav", 5.0)
     call = emulator.call(_lounge(guild))
-    async with (
-        _in_call(emulator, guild, "alice") as (client, voice_client, (alice,)),
-        _playing(voice_client, tmp_path / "sine.wav") as done,
-    ):
+    async with _speaking(emulator, guild, tmp_path, 5.0, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 20)
         transition = call.downgrade()
         await emulator.wait_for(lambda: (transition, 0) in call.executed, 20, "the downgrade")
