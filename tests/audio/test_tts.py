@@ -15,7 +15,6 @@ import torch
 
 from audio.speech import JENNY_DESCRIPTION, SpeechScheduler, TTSError, TTSQueueFull, Voice, split_sentences
 from audio.speech.reference import TTSEngine
-from tests.bot.doubles import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -320,8 +319,7 @@ async def test_a_base_exception_in_the_engine_ends_the_answer_and_frees_its_stre
     with pytest.raises(TTSError, match="engine thread ended"):
         await asyncio.wait_for(anext(stream), 30)
     assert await asyncio.wait_for(drain(scheduler.stream(1, "after", VOICE)), 30)  # the stream was freed
-    # The last chunk reaches the consumer before the engine thread's job is done: then its stream is freed too.
-    await until(lambda: scheduler.running == 0, 30)
+    await settled(scheduler)  # the last chunk reaches the consumer a little before the job's stream is freed
 
 
 async def test_scheduler_streams_the_model_for_several_guilds(
@@ -341,7 +339,7 @@ async def test_scheduler_streams_the_model_for_several_guilds(
 
 async def settled(scheduler: SpeechScheduler) -> None:
     """Wait until every stream is free again (a stream is freed once its thread has returned)."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         while scheduler.running:
             await asyncio.sleep(0.01)
 
