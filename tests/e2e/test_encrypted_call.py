@@ -15,10 +15,12 @@ from tests.fakes.inference import FakeInference
 
 pytestmark = pytest.mark.timeout(240)
 
+# 4.6 s of audio (10 sentences, within the 200 characters an answer may have): the membership changes happen well
+# inside it, even on a loaded machine.
 LONG_ANSWER = (
     "Still waters run deep. The river does not hurry. Yet it reaches the sea. Patience is bitter. "
-    "Its fruit is sweet. The night is long. The dawn will come."
-)  # 3.2 s of audio: the membership changes happen well inside it
+    "Its fruit is sweet. The night is long. The dawn will come. Tides turn. Moons wane. Stars stay."
+)
 
 
 async def test_members_join_and_leave_while_the_bot_speaks(

@@ -176,7 +176,7 @@ async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_i
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 3.0, "alice") as (client, (alice,), done):
+    async with _speaking(emulator, guild, tmp_path, 5.0, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 25)
         (bob,) = await _seat(emulator, guild, "bob")
         await _secured(emulator, call, client.user.id, alice, bob)
@@ -191,7 +191,7 @@ async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 3.0, "alice", "bob") as (client, (_, bob), done):
+    async with _speaking(emulator, guild, tmp_path, 5.0, "alice", "bob") as (client, (_, bob), done):
         epoch = call.epoch
         await _hear_more(emulator, guild, 25)
         await emulator.set_voice_state(guild.id, bob, None)
@@ -206,7 +206,7 @@ async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 4.0, "alice") as (client, (alice,), done):
+    async with _speaking(emulator, guild, tmp_path, 6.0, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 25)
         transition = call.send_bad_commit(client.user.id)
         await emulator.wait_for(lambda: (client.user.id, transition) in call.invalid_reports, 20, "op 31")
@@ -223,7 +223,7 @@ async def test_a_downgrade_to_transport_encryption_and_back(
     emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 5.0, "alice") as (client, (alice,), done):
+    async with _speaking(emulator, guild, tmp_path, 7.0, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 20)
         transition = call.downgrade()
         await emulator.wait_for(lambda: (transition, 0) in call.executed, 20, "the downgrade")
