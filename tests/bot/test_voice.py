@@ -61,18 +61,21 @@ async def test_answers_are_spoken_in_turn_in_the_voice_channel(scene: Scene, tmp
 
 
 async def test_stop_cancels_the_answer_and_clears_the_queue(scene: Scene, tmp_path: Path) -> None:
-    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.5)) as bot:
+    hold = threading.Event()  # the first answer stays in the player until the test has stopped it
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(hold=hold)) as bot:
         assert await ephemeral_reply(await scene.command("stop")) == "Nothing is being spoken right now."
         await join(scene)
-        speaking, waiting = await scene.ask("Long one?"), await scene.ask("Next?", user=scene.mod)
-        await speaking.wait_for(answered, 60)  # revealed: its audio started
+        speaking = await scene.ask("Long one?")
+        await until(lambda: "🗣️ Speaking…" in progress(speaking), 60)  # the player holds it
+        waiting = await scene.ask("Next?", user=scene.mod)
         player = bot.voice.player(scene.guild.id)
         assert player is not None
         await until(lambda: player.pending == 1, 30)  # the second answer waits in the queue
         stop = await scene.command("stop")
         assert (await stop.wait_for_response()).data["content"] == "⏹️ Stopped 2 answers."
+        hold.set()
         for record in (speaking, waiting):
-            await record.wait_for(lambda r: "footer" in final_embed(r), 30)
+            await record.wait_for(lambda r: answered(r) and "footer" in final_embed(r), 30)
             assert final_embed(record)["footer"]["text"] == "🔇 Speech was stopped before this answer was finished."
 
 
