@@ -25,7 +25,7 @@ class SineEngine:
     """A `SpeechEngine` that says every text as a 440 Hz tone, `seconds_per_char` long per character.
 
     A text listed in `fail_at` (or any text, with the key "*") raises after that many chunks (0: before any
-    audio). With `hold`, every answer waits for that event before its first chunk.
+    audio). With `hold`, every answer waits for that event after its first `hold_after` chunks.
     """
 
     max_streams = 1
@@ -38,12 +38,14 @@ class SineEngine:
         chunk_seconds: float = 0.25,
         fail_at: dict[str, int] | None = None,
         hold: threading.Event | None = None,
+        hold_after: int = 0,
     ) -> None:
         self.sample_rate = sample_rate
         self.seconds_per_char = seconds_per_char
         self.chunk_seconds = chunk_seconds
         self.fail_at = fail_at or {}
         self.hold = hold
+        self.hold_after = hold_after
         self.spoken: list[tuple[str, Voice]] = []
         self.closed = False
 
@@ -52,11 +54,11 @@ class SineEngine:
 
     def stream(self, text: str, voice: Voice, cancel: threading.Event | None = None) -> Iterator[np.ndarray]:
         self.spoken.append((text, voice))
-        if self.hold is not None and not self.hold.wait(30):
-            raise RuntimeError("the test never released the held answer")
         total = max(1, round(len(text) * self.seconds_per_char * self.sample_rate))
         step = round(self.chunk_seconds * self.sample_rate)
         for index, start in enumerate(range(0, total, step)):
+            if index == self.hold_after and self.hold is not None and not self.hold.wait(30):
+                raise RuntimeError("the test never released the held answer")
             if index >= self.fail_at.get(text, self.fail_at.get("*", index + 1)):
                 raise RuntimeError("synthetic TTS failure")
             if cancel is not None and cancel.is_set():

@@ -104,17 +104,20 @@ async def test_leaves_when_the_channel_empties(scene: Scene, tmp_path: Path) -> 
 
 async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, guild_queue_size=1)
-    async with running_bot(scene.emu, settings, tts=SineEngine(seconds_per_char=0.5)):
+    hold = threading.Event()  # the first answer stays in the player until the test has stopped it
+    async with running_bot(scene.emu, settings, tts=SineEngine(hold=hold)):
         await join(scene)
         speaking = await scene.ask("Long one?")
-        await speaking.wait_for(answered, 60)
+        await until(lambda: "🗣️ Speaking…" in progress(speaking), 60)
         queued = await scene.ask("Next?")
         await queued.wait_for(lambda r: r.edits and "Waiting" in (r.edits[-1].body.get("content") or ""), 30)
         refusal = await ephemeral_reply(await scene.ask("And me?", user=scene.mod))
         assert re.fullmatch(
             r"1 answer is already waiting to be spoken here; ask again in about \d+ seconds?\.", refusal
         )
-        await (await scene.command("stop")).wait_for_response()
+        assert (await (await scene.command("stop")).wait_for_response()).data["content"] == "⏹️ Stopped 2 answers."
+        hold.set()
+        await queued.wait_for(lambda r: answered(r) and "footer" in final_embed(r), 30)
 
 
 async def test_voice_drop_mid_answer_reconnects_and_the_queue_resumes(scene: Scene, tmp_path: Path) -> None:

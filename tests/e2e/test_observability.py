@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -85,8 +86,10 @@ async def poll_health(
 
 
 async def test_metrics_count_what_happened(scene: Scene, tmp_path: Path) -> None:
+    speaking = threading.Event()  # the answer's first chunk is out; the rest waits until `during` is scraped
+    tts = SineEngine(seconds_per_char=0.25, hold=speaking, hold_after=1)
     async with (
-        running_bot(scene.emu, monitored(tmp_path), tts=SineEngine(seconds_per_char=0.4)) as bot,
+        running_bot(scene.emu, monitored(tmp_path), tts=tts) as bot,
         aiohttp.ClientSession() as http,
     ):
         spy = SourceSpy(bot)
@@ -95,6 +98,7 @@ async def test_metrics_count_what_happened(scene: Scene, tmp_path: Path) -> None
         spoken = await scene.ask("Will the numbers add up?")
         await spoken.wait_for(answered, 60)  # revealed: the answer is being spoken now
         during = await scrape(http, bot)
+        speaking.set()
         player = bot.voice.player(scene.guild.id)
         assert player is not None
         await until(lambda: not player.busy, 60)
