@@ -148,8 +148,12 @@ class VoiceCog(commands.Cog, name="Voice"):
         return self._players.get(guild_id) if guild_id in self._channels else None
 
     async def cog_unload(self) -> None:
+        """Stop every player and leave voice. The bot closes its cogs before its gateway, so Discord's confirmation
+        of each leave still arrives; once the client itself is closing, discord.py no longer reads it and waits
+        out the whole connect timeout per voice connection."""
         for guild_id in list(self._players):
             await self._drop(guild_id)
+        await asyncio.gather(*(client.disconnect(force=True) for client in list(self.bot.voice_clients)))
 
     async def join(self, channel: VoiceChannel) -> None:
         """Connect (or move) to `channel` and get the guild's player going."""

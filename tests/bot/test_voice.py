@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import threading
@@ -100,6 +101,19 @@ async def test_leaves_when_the_channel_empties(scene: Scene, tmp_path: Path) -> 
         await scene.emu.set_voice_state(scene.guild.id, scene.alice.id, None)
         await until(lambda: bot.get_guild(scene.guild.id).voice_client is None)
         assert scene.emu.voice_requests[-1].channel_id is None
+
+
+async def test_closing_leaves_voice_with_discords_confirmation(
+    scene: Scene, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="discord.voice_state")
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.5)) as bot:
+        await join(scene)
+        await (await scene.ask("Will you go quietly?")).wait_for(answered, 60)
+    assert scene.emu.voice_requests[-1].channel_id is None
+    assert bot.user.id not in scene.guild.voice_states
+    waited = [r.getMessage() for r in caplog.records if "disconnection confirmation" in r.getMessage()]
+    assert not waited  # discord.py read Discord's VOICE_STATE_UPDATE instead of waiting out its timeout
 
 
 async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path: Path) -> None:
