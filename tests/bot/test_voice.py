@@ -39,6 +39,11 @@ def progress(record: InteractionRecord) -> list[str | None]:
     return [e.body.get("content") for e in record.edits]
 
 
+def waiting(record: InteractionRecord) -> bool:
+    """Whether the response now says the answer waits in the voice queue."""
+    return bool(record.edits) and "Waiting" in (progress(record)[-1] or "")
+
+
 async def test_answers_are_spoken_in_turn_in_the_voice_channel(scene: Scene, tmp_path: Path) -> None:
     hold = threading.Event()  # the first answer stays in the player until the second has queued behind it
     engine = SineEngine(seconds_per_char=0.03, hold=hold)
@@ -124,7 +129,7 @@ async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path
         speaking = await scene.ask("Long one?")
         await until(lambda: "🗣️ Speaking…" in progress(speaking), 60)
         queued = await scene.ask("Next?")
-        await queued.wait_for(lambda r: r.edits and "Waiting" in (r.edits[-1].body.get("content") or ""), 30)
+        await queued.wait_for(waiting, 30)
         refusal = await ephemeral_reply(await scene.ask("And me?", user=scene.mod))
         assert re.fullmatch(
             r"1 answer is already waiting to be spoken here; ask again in about \d+ seconds?\.", refusal
@@ -135,18 +140,28 @@ async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path
 
 
 async def test_voice_drop_mid_answer_reconnects_and_the_queue_resumes(scene: Scene, tmp_path: Path) -> None:
-    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.15)):
+    hold = threading.Event()  # the first answer stays mid-speech until the voice connection is back
+    tts = SineEngine(seconds_per_char=0.15, hold=hold, hold_after=1)
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=tts) as bot:
         await join(scene)
         voice = scene.emu.voice(scene.guild.id)
-        record, queued = await scene.ask("Before?"), await scene.ask("Queued?", user=scene.mod)
+        record = await scene.ask("Before?")
         await record.wait_for(answered, 60)
+        queued = await scene.ask("Queued?", user=scene.mod)
+        await queued.wait_for(waiting, 30)
         # an RTCP report wakes discord.py's UDP reader, which otherwise sits in select() during the reconnect
         await scene.emu.wait_for(lambda: voice.connections[0].reports_sent >= 1, 30)
         await scene.emu.close_voice(scene.guild.id, 4006)  # the voice session is gone mid-answer
         await voice.wait_connected(2, 60)
+        hold.set()
         await queued.wait_for(answered, 60)
         await scene.emu.wait_for(lambda: any(p.ssrc == voice.connections[1].ssrc for p in voice.packets), 60)
-        assert "footer" not in final_embed(queued)
+        player = bot.voice.player(scene.guild.id)
+        assert player is not None
+        await until(lambda: not player.busy, 60)
+    answers = [fields(final_embed(r))["🎱 The ball says"] for r in (record, queued)]
+    assert [text for text, _ in tts.spoken] == answers  # the interrupted answer went on, then the queued one
+    assert [final_embed(r).get("footer") for r in (record, queued)] == [None, None]  # neither fell back to text
 
 
 async def test_a_move_that_does_not_complete_is_reported(
