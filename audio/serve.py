@@ -32,11 +32,11 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
@@ -56,6 +56,7 @@ from audio.speech import (
     split_sentences,
 )
 from audio.speech import load_engine as _load_engine
+from audio.speech.settings import SpeechModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +80,13 @@ class InvalidRequest(Exception):
         self.status = status
 
 
-class ServeSettings(BaseSettings):
-    """The speech server's settings (environment, `.env`, or `serve run audio.serve:app key=value` arguments)."""
+class ServeSettings(SpeechModelSettings):
+    """The speech server's settings (environment, `.env`, or `serve run audio.serve:app key=value` arguments); the
+    model's are the bot's (`SpeechModelSettings`), for the engine on each replica."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
-    tts_model: str = "parler-tts/parler-mini-v1-jenny"
-    tts_device: str = "auto"
-    tts_dtype: str = "auto"
-    tts_attn_implementation: str = "sdpa"
     tts_api_key: SecretStr | None = None
-    # The batched engine on each replica, as in the bot's settings (empty batch: 32 on CUDA, 8 on CPU).
-    tts_max_batch: int | None = Field(None, ge=1, le=256)
-    tts_max_frames: int | None = Field(None, ge=16)
-    tts_quantize: Literal["none", "int8"] = "none"
-    tts_cpu_path: Literal["auto", "fp32", "packed", "int8", "bf16"] = "auto"
     tts_queue_size: int = Field(16, ge=1)
     tts_min_replicas: int = Field(1, ge=0)
     tts_max_replicas: int = Field(1, ge=1)
@@ -111,18 +104,6 @@ class ServeSettings(BaseSettings):
         if key is not None and key.get_secret_value() == KEY_PLACEHOLDER:
             raise ValueError(f"replace {KEY_PLACEHOLDER} with a secret of your own (see the README)")
         return key
-
-    def tts_config(self) -> TTSConfig:
-        return TTSConfig(
-            model=self.tts_model,
-            device=self.tts_device,
-            dtype=self.tts_dtype,
-            attn_implementation=self.tts_attn_implementation,
-            max_batch=self.tts_max_batch,
-            max_frames=self.tts_max_frames,
-            quantize=self.tts_quantize,
-            cpu_path=self.tts_cpu_path,
-        )
 
     def replica_gpus(self) -> float:
         if self.tts_replica_gpus is not None:

@@ -10,7 +10,7 @@ from audio.ffmpeg import ffmpeg_exe
 from audio.formats import AudioLimits
 from audio.inference import RetryPolicy, is_hf_host
 from audio.oracle import Oracle, OracleConfig
-from audio.speech import SpeechEngine, TTSConfig, load_engine
+from audio.speech import SpeechEngine, load_engine
 from audio.speech.remote import RemoteConfig, RemoteEngine
 from bot.questions import QuestionRules
 from bot.settings import Settings
@@ -84,24 +84,10 @@ def build_transcriber(settings: Settings) -> Transcriber:
     return transcriber
 
 
-def tts_config(settings: Settings) -> TTSConfig:
-    """The Parler-TTS engine configuration."""
-    return TTSConfig(
-        model=settings.tts_model,
-        device=settings.tts_device,
-        dtype=settings.tts_dtype,
-        attn_implementation=settings.tts_attn_implementation,
-        max_batch=settings.tts_max_batch,
-        max_frames=settings.tts_max_frames,
-        quantize=settings.tts_quantize,
-        cpu_path=settings.tts_cpu_path,
-    )
-
-
 def build_speech_engine(settings: Settings) -> SpeechEngine:
     """The remote engine when `TTS_BASE_URL` is set, else the in-process model. Blocking; raises on failure."""
     if settings.tts_base_url is None:
-        return load_engine(tts_config(settings))
+        return load_engine(settings.tts_config())
     engine = RemoteEngine.connect(
         RemoteConfig(
             base_url=settings.tts_base_url,

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from audio.speech import DEFAULT_SEED, JENNY_DESCRIPTION
+from audio.speech.settings import SpeechModelSettings
 
 
-class Settings(BaseSettings):
-    """Every knob of the bot. Secrets are `SecretStr` so they never print."""
+class Settings(SpeechModelSettings):
+    """Every knob of the bot (the speech model's come from `SpeechModelSettings`). Secrets are `SecretStr` so they
+    never print."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
@@ -41,12 +43,8 @@ class Settings(BaseSettings):
 
     # Text to speech
     tts_enabled: bool = True
-    tts_model: str = "parler-tts/parler-mini-v1-jenny"
     tts_voice_description: str = JENNY_DESCRIPTION
     tts_seed: int = DEFAULT_SEED
-    tts_device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    tts_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    tts_attn_implementation: Literal["eager", "sdpa"] = "sdpa"
     tts_queue_size: int = Field(16, ge=1)
     # One guild's share of the speech engine: answers waiting, and answers generating at once.
     tts_queue_per_guild: int = Field(4, ge=1)
@@ -59,12 +57,6 @@ class Settings(BaseSettings):
     tts_sample_rate: int | None = Field(None, ge=8000, le=192_000)
     tts_remote_streams: int = Field(8, ge=1)
     tts_total_timeout: float | None = Field(None, gt=0)  # one whole remote answer; empty: 60 s + 3x its audio cap
-    # The batched speech server: answers per batch (empty: 32 on CUDA, 8 on CPU), frames per sentence, int8 on CPU.
-    tts_max_batch: int | None = Field(None, ge=1, le=256)
-    tts_max_frames: int | None = Field(None, ge=16)
-    tts_quantize: Literal["none", "int8"] = "none"
-    # The CPU decoding path: measured at load (auto) or forced.
-    tts_cpu_path: Literal["auto", "fp32", "packed", "int8", "bf16"] = "auto"
 
     # Audio tooling
     ffmpeg_path: Path | None = None

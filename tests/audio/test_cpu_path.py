@@ -173,11 +173,10 @@ def test_cpu_settings_are_refused_on_a_gpu() -> None:
 
 def test_the_setting_reaches_the_engine_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from audio.serve import ServeSettings
-    from bot.services import tts_config
     from bot.settings import Settings
 
     monkeypatch.setenv("TTS_CPU_PATH", "bf16")
-    assert tts_config(Settings()).cpu_path == "bf16"
+    assert Settings().tts_config().cpu_path == "bf16"
     assert ServeSettings().tts_config().cpu_path == "bf16"  # the Ray Serve app's replicas too
 
 

@@ -490,17 +490,6 @@ def test_a_closed_server_refuses_and_ends_answers(tiny_parler_dir: Path, caplog:
         list(server.stream("Yes.", VOICES[0]))
 
 
-def test_settings_reach_the_engine_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.services import tts_config
-    from bot.settings import Settings
-
-    monkeypatch.setenv("TTS_MAX_BATCH", "4")
-    monkeypatch.setenv("TTS_MAX_FRAMES", "")
-    monkeypatch.setenv("TTS_QUANTIZE", "int8")
-    config = tts_config(Settings())
-    assert (config.max_batch, config.max_frames, config.quantize) == (4, None, "int8")
-
-
 class Fatal(BaseException):
     """A failure no `except Exception` catches (as a thread's unexpected exit would be)."""
 
