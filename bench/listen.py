@@ -7,9 +7,9 @@
   says a 1.2 s question `--questions` times. Each is timed on one monotonic clock from the last frame of speech
   sent to the first RTP packet of the answer at the far end, and to the utterance reaching the transcription
   service. Both include LISTEN_SILENCE_SECONDS (0.8 s) of waiting for the end of the question, by design.
-- cpu: one member's receive path (RTP parsing, transport decryption, jitter buffer, Opus decoding to 16 kHz, voice
-  activity, utterance cutting) over `--cpu-seconds` of speech, in process CPU time: percent of one core while the
-  member speaks.
+- cpu: one member's receive path (RTP parsing, transport decryption, DAVE decryption with an emulated call's MLS
+  key, jitter buffer, Opus decoding to 16 kHz, voice activity, utterance cutting) over `--cpu-seconds` of speech,
+  in process CPU time: percent of one core while the member speaks; and the same without DAVE (protocol version 0).
 - vad: the WebRTC detector (with the energy gate the bot uses) against Silero VAD (when `silero_vad` imports) on
   the test recordings: share of speech frames found in speech-like recordings, of noise frames called speech, and
   CPU per second of audio.
@@ -21,14 +21,16 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import davey
 import numpy as np
 
 from audio.formats import from_pcm16, to_pcm16
 from audio.listen.opus import FRAME_SAMPLES
-from audio.listen.rtp import XCHACHA, decrypt_transport, parse_header
+from audio.listen.rtp import XCHACHA, Dave, decrypt_transport, open_frame, parse_header
 from audio.listen.segmenter import SegmenterConfig
 from audio.listen.stream import MemberStream
 from audio.listen.vad import WebRtcVad
@@ -38,11 +40,14 @@ from bot.cogs.listening import ASK_ALOUD
 from tests.bot.helpers import answered, join
 from tests.e2e.harness import build_scene, load_voiced_engine, serving
 from tests.emulator import DiscordEmulator
+from tests.emulator.dave import DaveCall, FarEndMember
+from tests.emulator.records import Notifier
 from tests.emulator.speaker import OPUS_SILENCE, FarEndSpeaker, opus_frames, rtp_packet
 from tests.fakes.audio_files import speechlike
 from tests.fakes.inference import FakeInference
 
 RATE = 48_000
+SPEAKER_ID = 1001  # the member whose receive path is measured
 
 
 def question(seconds: float, seed: int) -> np.ndarray:
@@ -87,19 +92,43 @@ async def latency(questions: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def cpu(seconds: float) -> dict[str, Any]:
-    """Percent of one core that one member's receive path takes while they speak."""
+async def _dave_pair() -> tuple[Callable[[bytes], bytes], Dave]:
+    """Two members of one emulated DAVE call: the speaker's encryption, and the listener's `Dave` for its frames."""
+    notifier = Notifier()
+    call = DaveCall(SPEAKER_ID + 1, notifier)
+    speaker, listener = FarEndMember(SPEAKER_ID, call), FarEndMember(SPEAKER_ID + 2, call)
+    for member in (speaker, listener):
+        member.start()
+    await notifier.wait_for(lambda: call.secured and speaker.session.ready and listener.session.ready, 30, "a group")
+    speaking, listening = speaker.session, listener.session
+    speaker.close()
+    listener.close()
+    return speaking.encrypt_opus, Dave(
+        decrypt=lambda user_id, frame: listening.decrypt(user_id, davey.MediaType.audio, frame),
+        can_passthrough=listening.can_passthrough,
+    )
+
+
+def cpu(seconds: float, dave: bool) -> float:
+    """Percent of one core that one member's receive path takes while they speak (`dave`: frames end-to-end
+    encrypted, as Discord sends them, and opened with the listener's DAVE session)."""
     key = bytes(range(32))
+    encrypt, session = asyncio.run(_dave_pair()) if dave else (None, None)
     frames = [*opus_frames(speechlike(seconds)), *[OPUS_SILENCE] * 5]
-    packets = [rtp_packet(XCHACHA, key, i, i * 960, 7, frame, i + 1) for i, frame in enumerate(frames)]
+    payloads = [encrypt(f) if encrypt is not None and f != OPUS_SILENCE else f for f in frames]
+    packets = [rtp_packet(XCHACHA, key, i, i * 960, 7, payload, i + 1) for i, payload in enumerate(payloads)]
     stream = MemberStream(SegmenterConfig(max_seconds=seconds + 1), WebRtcVad())
+    unread = 0
     began = time.process_time()
     for index, packet in enumerate(packets):
         header = parse_header(packet)
-        payload = decrypt_transport(packet, header, XCHACHA, key)
-        stream.push(header.sequence, header.timestamp, payload, index * 0.02)
+        opus = open_frame(decrypt_transport(packet, header, XCHACHA, key), SPEAKER_ID, session)
+        unread += opus is None
+        stream.push(header.sequence, header.timestamp, opus, index * 0.02)
     spent = time.process_time() - began
-    return {"cpu_seconds_of_speech": seconds, "cpu_percent_of_a_core_per_member": round(100 * spent / seconds, 2)}
+    if unread:
+        raise RuntimeError(f"{unread} of {len(packets)} frames could not be opened")
+    return round(100 * spent / seconds, 2)
 
 
 def _frames16k(samples: np.ndarray) -> np.ndarray:
@@ -156,7 +185,12 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
-    result: dict[str, Any] = {**cpu(args.cpu_seconds), **vad()}
+    result: dict[str, Any] = {
+        "cpu_seconds_of_speech": args.cpu_seconds,
+        "cpu_percent_of_a_core_per_member": cpu(args.cpu_seconds, dave=True),
+        "cpu_percent_of_a_core_per_member_without_dave": cpu(args.cpu_seconds, dave=False),
+        **vad(),
+    }
     if not args.skip_latency:
         with tempfile.TemporaryDirectory() as tmp:
             result.update(asyncio.run(latency(args.questions, Path(tmp))))
