@@ -193,7 +193,9 @@ async def test_only_listeners_or_moderators_control_the_voice(scene: Scene, tmp_
     elsewhere = scene.guild.add_voice_channel("Elsewhere")
     movers = scene.guild.add_role("Movers", discord.Permissions(move_members=True))
     mover = scene.guild.add_member("mover", roles=[movers])
-    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine(seconds_per_char=0.5)) as bot:
+    hold = threading.Event()  # the answer stays in the player, mid-speech, until the test has stopped it
+    tts = SineEngine(seconds_per_char=0.5, hold=hold, hold_after=1)
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=tts) as bot:
         await join(scene)
         speaking = await scene.ask("Long one?")
         await speaking.wait_for(answered, 60)
@@ -209,6 +211,7 @@ async def test_only_listeners_or_moderators_control_the_voice(scene: Scene, tmp_
 
         stop = await scene.command("stop", user=mover)  # Move Members, not in voice
         assert (await stop.wait_for_response()).data["content"] == "⏹️ Stopped 1 answer."
+        hold.set()
         leave = await scene.command("leave")  # alice sits in the Lounge
         await leave.wait_for(lambda r: r.edits, 30)
         assert leave.edits[-1].body["content"] == f"👋 Left <#{scene.lounge.id}>."

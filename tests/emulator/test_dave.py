@@ -4,17 +4,20 @@ who can only hear the bot when the group really formed."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import discord
 import imageio_ffmpeg
+import numpy as np
 import pytest
 
 from tests.emulator import DiscordEmulator, GuildState, RtpPacket
-from tests.emulator.dave import E2E, PASSTHROUGH, PLAIN, UNDECRYPTABLE, DaveCall
+from tests.emulator.dave import E2E, PASSTHROUGH, PLAIN, UNDECRYPTABLE, DaveCall, Hearing
 from tests.emulator.mls import ExternalSender, Reader, split_commit_welcome, vector
+from tests.emulator.speaker import opus_frames
 from tests.emulator.test_emulator import Bot, _best_correlation, _write_sine
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,17 +76,40 @@ async def _in_call(
         await voice_client.disconnect()
 
 
+class _Tone(discord.AudioSource):
+    """A 440 Hz tone as Opus frames (one second of them, repeated) until `stop` is set."""
+
+    FRAMES = opus_frames(0.3 * np.sin(2 * np.pi * 440 * np.arange(48_000) / 48_000).astype(np.float32))
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.played = 0
+
+    def read(self) -> bytes:
+        if self.stop.is_set():
+            return b""
+        self.played += 1
+        return self.FRAMES[(self.played - 1) % len(self.FRAMES)]
+
+    def is_opus(self) -> bool:
+        return True
+
+
 @asynccontextmanager
 async def _speaking(
-    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path, seconds: float, *names: str
+    emulator: DiscordEmulator, guild: GuildState, *names: str
 ) -> AsyncIterator[tuple[discord.Client, list[int], asyncio.Event]]:
-    """`_in_call` with the named members, playing a `seconds` long sine; the event is set when playback ended."""
-    _write_sine(tmp_path / "sine.wav", seconds)
-    async with (
-        _in_call(emulator, guild, *names) as (client, voice_client, members),
-        _playing(voice_client, tmp_path / "sine.wav") as done,
-    ):
-        yield client, members, done
+    """`_in_call` with the named members, playing a tone until the block ends; the event is set when playback
+    ended (before that: it stopped by itself)."""
+    stop, done = threading.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with _in_call(emulator, guild, *names) as (client, voice_client, members):
+        voice_client.play(_Tone(stop), after=lambda error: loop.call_soon_threadsafe(done.set))
+        try:
+            yield client, members, done
+        finally:
+            stop.set()
+            await asyncio.wait_for(done.wait(), 30)
 
 
 def _audio(emulator: DiscordEmulator, guild: GuildState, start: int = 0, stop: int | None = None) -> list[RtpPacket]:
@@ -173,25 +199,27 @@ async def _hear_more(emulator: DiscordEmulator, guild: GuildState, count: int) -
 
 
 async def test_a_member_joining_while_the_bot_speaks_is_committed_in_and_hears_it(
-    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+    emulator: DiscordEmulator, guild: GuildState
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 5.0, "alice") as (client, (alice,), done):
+    async with _speaking(emulator, guild, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 25)
         (bob,) = await _seat(emulator, guild, "bob")
         await _secured(emulator, call, client.user.id, alice, bob)
+        listener = {m.user_id: m for m in call.far_end}[bob]
+        hearing = listener.heard.setdefault(client.user.id, Hearing())
+        await emulator.wait_for(lambda: len(hearing.since_first_e2e) >= 25, 30, "bob to hear 25 frames")
         assert not done.is_set()  # the bot was still speaking
     assert [c.user_id for c in call.commits if c.accepted][:2] == [client.user.id] * 2  # bob's add too
     assert all(p.e2e == E2E for p in _audio(emulator, guild))  # alice heard all of it through the change
-    bob_heard = {m.user_id: m for m in call.far_end}[bob].heard[client.user.id].since_first_e2e
-    assert len(bob_heard) >= 25 and set(bob_heard) == {E2E}
+    assert set(hearing.since_first_e2e) == {E2E}
 
 
 async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
-    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+    emulator: DiscordEmulator, guild: GuildState
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 5.0, "alice", "bob") as (client, (_, bob), done):
+    async with _speaking(emulator, guild, "alice", "bob") as (client, (_, bob), done):
         epoch = call.epoch
         await _hear_more(emulator, guild, 25)
         await emulator.set_voice_state(guild.id, bob, None)
@@ -203,10 +231,10 @@ async def test_a_member_leaving_is_removed_and_the_others_keep_hearing(
 
 
 async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
-    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
+    emulator: DiscordEmulator, guild: GuildState
 ) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 6.0, "alice") as (client, (alice,), done):
+    async with _speaking(emulator, guild, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 25)
         transition = call.send_bad_commit(client.user.id)
         await emulator.wait_for(lambda: (client.user.id, transition) in call.invalid_reports, 20, "op 31")
@@ -219,11 +247,9 @@ async def test_a_bad_commit_is_reported_and_the_bot_rejoins_the_group(
     assert all(p.e2e == E2E for p in _audio(emulator, guild, recovered))
 
 
-async def test_a_downgrade_to_transport_encryption_and_back(
-    emulator: DiscordEmulator, guild: GuildState, tmp_path: Path
-) -> None:
+async def test_a_downgrade_to_transport_encryption_and_back(emulator: DiscordEmulator, guild: GuildState) -> None:
     call = emulator.call(_lounge(guild))
-    async with _speaking(emulator, guild, tmp_path, 7.0, "alice") as (client, (alice,), done):
+    async with _speaking(emulator, guild, "alice") as (client, (alice,), done):
         await _hear_more(emulator, guild, 20)
         transition = call.downgrade()
         await emulator.wait_for(lambda: (transition, 0) in call.executed, 20, "the downgrade")
