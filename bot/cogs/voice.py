@@ -153,7 +153,10 @@ class VoiceCog(commands.Cog, name="Voice"):
         out the whole connect timeout per voice connection."""
         for guild_id in list(self._players):
             await self._drop(guild_id)
-        await asyncio.gather(*(client.disconnect(force=True) for client in list(self.bot.voice_clients)))
+        leaving = [client.disconnect(force=True) for client in list(self.bot.voice_clients)]
+        for error in await asyncio.gather(*leaving, return_exceptions=True):
+            if isinstance(error, Exception):  # the client's own close disconnects it again
+                log.warning("Leaving voice failed: %r", error)
 
     async def join(self, channel: VoiceChannel) -> None:
         """Connect (or move) to `channel` and get the guild's player going."""

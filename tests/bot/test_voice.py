@@ -121,6 +121,30 @@ async def test_closing_leaves_voice_with_discords_confirmation(
     assert not waited  # discord.py read Discord's VOICE_STATE_UPDATE instead of waiting out its timeout
 
 
+async def test_a_failed_leave_at_close_is_logged_and_the_others_still_leave(
+    scene: Scene, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = scene.emu.add_guild("Second")
+    lounge, general, bob = other.add_voice_channel("Lounge"), other.add_text_channel("general"), other.add_member("bob")
+    caplog.set_level(logging.DEBUG, logger="discord.voice_state")
+    async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()) as bot:
+        await join(scene)
+        await scene.emu.set_voice_state(other.id, bob.id, lounge.id)
+        await (await scene.emu.slash_command(other.id, general.id, bob.id, "join")).wait_for(lambda r: r.edits, 30)
+        await scene.emu.voice(other.id).wait_connected(1, 30)
+        failing = bot.get_guild(scene.guild.id).voice_client
+        leave = failing.disconnect
+
+        async def leaves_then_fails(*, force: bool = False) -> None:
+            await leave(force=force)
+            raise RuntimeError("the leave went wrong")
+
+        failing.disconnect = leaves_then_fails  # type: ignore[method-assign]
+    assert "Leaving voice failed: RuntimeError('the leave went wrong')" in caplog.messages
+    assert [r.channel_id for r in scene.emu.voice_requests if r.guild_id == other.id][-1] is None
+    assert not [m for m in caplog.messages if "disconnection confirmation" in m]
+
+
 async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, guild_queue_size=1)
     hold = threading.Event()  # the first answer stays in the player until the test has stopped it
