@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import davey
 import numpy as np
 
 from audio.formats import from_pcm16, to_pcm16
@@ -37,6 +36,7 @@ from audio.listen.vad import WebRtcVad
 from bench import report
 from bench.e2e import summary
 from bot.cogs.listening import ASK_ALOUD
+from bot.voice_receive import receiving
 from tests.bot.helpers import answered, join
 from tests.e2e.harness import build_scene, load_voiced_engine, serving
 from tests.emulator import DiscordEmulator
@@ -103,10 +103,7 @@ async def _dave_pair() -> tuple[Callable[[bytes], bytes], Dave]:
     speaking, listening = speaker.session, listener.session
     speaker.close()
     listener.close()
-    return speaking.encrypt_opus, Dave(
-        decrypt=lambda user_id, frame: listening.decrypt(user_id, davey.MediaType.audio, frame),
-        can_passthrough=listening.can_passthrough,
-    )
+    return speaking.encrypt_opus, receiving(listening)
 
 
 def cpu(seconds: float, dave: bool) -> float:

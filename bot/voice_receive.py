@@ -79,10 +79,15 @@ class ListeningVoiceClient(discord.VoiceClient):
         session = state.dave_session
         if session is None or state.dave_protocol_version == 0:
             return None
-        return Dave(
-            decrypt=lambda user_id, frame: session.decrypt(user_id, davey.MediaType.audio, frame),
-            can_passthrough=session.can_passthrough,
-        )
+        return receiving(session)
+
+
+def receiving(session: davey.DaveSession) -> Dave:
+    """A DAVE session as the receiver uses it: members' audio frames opened with their keys."""
+    return Dave(
+        decrypt=lambda user_id, frame: session.decrypt(user_id, davey.MediaType.audio, frame),
+        can_passthrough=session.can_passthrough,
+    )
 
 
 class ListenEnded(UserFacingError):

@@ -13,6 +13,7 @@ import pytest
 
 from tests.bot.doubles import SineEngine, until
 from tests.bot.helpers import Scene, answered, ephemeral_reply, fields, final_embed, join, make_settings, running_bot
+from tests.emulator import GuildState
 from tests.emulator.records import InteractionRecord
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,6 +38,21 @@ async def test_join_explains_what_is_missing(scene: Scene, tmp_path: Path) -> No
 def progress(record: InteractionRecord) -> list[str | None]:
     """The progress lines the interaction's response showed."""
     return [e.body.get("content") for e in record.edits]
+
+
+def waited_out_leaves(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """discord.py's log lines for leaves whose confirmation from Discord it never read (it waited its timeout)."""
+    return [m for m in caplog.messages if "disconnection confirmation" in m]
+
+
+async def in_a_second_guild(scene: Scene) -> GuildState:
+    """Another guild, where bob sits in its Lounge and has the bot join him there."""
+    other = scene.emu.add_guild("Second")
+    lounge, general, bob = other.add_voice_channel("Lounge"), other.add_text_channel("general"), other.add_member("bob")
+    await scene.emu.set_voice_state(other.id, bob.id, lounge.id)
+    await (await scene.emu.slash_command(other.id, general.id, bob.id, "join")).wait_for(lambda r: r.edits, 30)
+    await scene.emu.voice(other.id).wait_connected(1, 30)
+    return other
 
 
 def waiting(record: InteractionRecord) -> bool:
@@ -117,21 +133,16 @@ async def test_closing_leaves_voice_with_discords_confirmation(
         await (await scene.ask("Will you go quietly?")).wait_for(answered, 60)
     assert scene.emu.voice_requests[-1].channel_id is None
     assert bot.user.id not in scene.guild.voice_states
-    waited = [r.getMessage() for r in caplog.records if "disconnection confirmation" in r.getMessage()]
-    assert not waited  # discord.py read Discord's VOICE_STATE_UPDATE instead of waiting out its timeout
+    assert not waited_out_leaves(caplog)  # discord.py read Discord's VOICE_STATE_UPDATE instead of waiting
 
 
 async def test_a_failed_leave_at_close_is_logged_and_the_others_still_leave(
     scene: Scene, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = scene.emu.add_guild("Second")
-    lounge, general, bob = other.add_voice_channel("Lounge"), other.add_text_channel("general"), other.add_member("bob")
     caplog.set_level(logging.DEBUG, logger="discord.voice_state")
     async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()) as bot:
         await join(scene)
-        await scene.emu.set_voice_state(other.id, bob.id, lounge.id)
-        await (await scene.emu.slash_command(other.id, general.id, bob.id, "join")).wait_for(lambda r: r.edits, 30)
-        await scene.emu.voice(other.id).wait_connected(1, 30)
+        other = await in_a_second_guild(scene)
         failing = bot.get_guild(scene.guild.id).voice_client
         leave = failing.disconnect
 
@@ -142,7 +153,7 @@ async def test_a_failed_leave_at_close_is_logged_and_the_others_still_leave(
         failing.disconnect = leaves_then_fails  # type: ignore[method-assign]
     assert "Leaving voice failed: RuntimeError('the leave went wrong')" in caplog.messages
     assert [r.channel_id for r in scene.emu.voice_requests if r.guild_id == other.id][-1] is None
-    assert not [m for m in caplog.messages if "disconnection confirmation" in m]
+    assert not waited_out_leaves(caplog)
 
 
 async def test_full_queue_is_refused_with_a_clear_message(scene: Scene, tmp_path: Path) -> None:
@@ -242,16 +253,9 @@ async def test_only_listeners_or_moderators_control_the_voice(scene: Scene, tmp_
 
 
 async def test_a_failed_rejoin_does_not_stop_the_other_guilds(scene: Scene, tmp_path: Path) -> None:
-    other = scene.emu.add_guild("Second")
-    lounge = other.add_voice_channel("Lounge")
-    general = other.add_text_channel("general")
-    bob = other.add_member("bob")
     async with running_bot(scene.emu, make_settings(tmp_path), tts=SineEngine()) as bot:
         await join(scene)
-        await scene.emu.set_voice_state(other.id, bob.id, lounge.id)
-        record = await scene.emu.slash_command(other.id, general.id, bob.id, "join")
-        await record.wait_for(lambda r: r.edits, 30)
-        await scene.emu.voice(other.id).wait_connected(1, 30)
+        other = await in_a_second_guild(scene)
 
         cog = bot.get_cog("Voice")
         join_channel = cog.join
